@@ -1,0 +1,1 @@
+"""wiregate application wiring: config, CLI, listeners, identity."""

@@ -1,0 +1,1 @@
+"""The shared policy core: commands, rules, decisions, SQL analysis."""

@@ -1,0 +1,45 @@
+"""The command model every protocol maps its traffic onto, and the decision it gets back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Action = Literal["allow", "deny", "review"]
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing a caller asks a target to do.
+
+    kind: "sql" (a statement string, possibly several statements), "function_call"
+    (PostgreSQL fastpath call, text names the function), "exec" (SSH command line),
+    "tool" (MCP tools/call), "http" (method and path).
+    """
+
+    protocol: str
+    target: str
+    kind: str
+    text: str
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What the policy core decided for a command.
+
+    For a refusal, ``sqlstate`` and ``message`` are what the client is shown;
+    ``rule`` is None when no rule decided (policy default or analysis failure).
+    """
+
+    action: Action
+    rule: str | None = None
+    message: str = ""
+    sqlstate: str = "42501"
+    # statement kinds found by the analysis, for the recorder
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+
+ALLOW = Decision(action="allow")

@@ -1,0 +1,1 @@
+"""Session recorder (see issue 4); nothing is recorded yet."""
