@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except WiregateError as e:
         print(f"wiregate: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         return 130
 

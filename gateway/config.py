@@ -6,9 +6,22 @@ its key path rather than a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import binascii
+import difflib
+import fnmatch
+import os
+import re
+import struct
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
+
+from gateway.errors import ConfigError, WiregateError
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -96,8 +109,9 @@ class RuleMatch(_Base):
 class Rule(_Base):
     name: str
     action: Literal["allow", "deny", "review", "mask"]
-    targets: list[str] = ["*"]
-    groups: list[str] = ["*"]
+    # msgspec refuses non-empty mutable defaults (shared between instances)
+    targets: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    groups: list[str] = msgspec.field(default_factory=lambda: ["*"])
     except_groups: list[str] = []
     match: RuleMatch | None = None
     message: str | None = None
@@ -121,3 +135,652 @@ class Config(_Base):
     targets: list[Target] = []
     rules: list[Rule] = []
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
+
+
+# --------------------------------------------------------------------------
+# Loading and validation
+#
+# msgspec stops at the first problem, but an operator fixing a config wants the
+# whole list at once. So the decoded TOML is first walked against the struct
+# types (via msgspec.inspect) to collect every structural error, then semantic
+# checks run on whatever parts could be typed, and only a clean document is
+# converted in one go.
+# --------------------------------------------------------------------------
+
+# Config keys holding file system paths: relative ones are resolved against the
+# folder of the config file, so the gateway behaves the same whatever its cwd.
+_PATH_FIELDS: dict[type, tuple[str, ...]] = {
+    GatewaySection: ("state_dir", "tls_cert_file", "tls_key_file"),
+    OIDCProvider: ("jwks_file",),
+    Target: ("password_file", "key_file", "known_hosts", "tls_ca_file"),
+}
+
+# Examples shown in type errors, so the fix is obvious from the message.
+_EXAMPLES: dict[tuple[type, str], str] = {
+    (ListenSection, "postgres"): '"127.0.0.1:15432"',
+    (ListenSection, "ssh"): '"127.0.0.1:2222"',
+    (ListenSection, "http"): '"127.0.0.1:8080"',
+    (ListenSection, "admin"): '"127.0.0.1:8081"',
+    (Target, "address"): '"127.0.0.1:5432"',
+    (Target, "url"): '"http://127.0.0.1:9000"',
+    (Rule, "timeout"): '"5m"',
+}
+
+# Keys of each protocol beyond the ones every target has (name, protocol, allow_groups).
+_TARGET_KEYS: dict[str, frozenset[str]] = {
+    "postgres": frozenset({"address", "database", "user", "password_env", "password_file", "tls", "tls_ca_file"}),
+    "ssh": frozenset({"address", "user", "password_env", "password_file", "key_file", "known_hosts"}),
+    "http": frozenset({"url", "mcp", "tls_ca_file"}),
+}
+_TARGET_COMMON_KEYS = frozenset({"name", "protocol", "allow_groups"})
+
+# Names that, as unknown keys, almost certainly carry a secret value inline.
+_SECRET_KEY_NAMES = frozenset({
+    "password", "passwd", "pass", "token", "secret", "client_secret", "api_key", "apikey",
+    "private_key", "access_token", "bearer", "credentials",
+})
+_SECRET_KEY_SUFFIXES = ("_password", "_secret", "_token", "_api_key")
+
+_TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
+_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+DEV_TOKEN_ISSUER = "wiregate-dev"
+
+
+# ---- small public helpers -------------------------------------------------
+
+def parse_listen(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` (or ``[v6]:port``) into host and port.
+
+    Port 0 is accepted: it asks the OS for a free port (handy in tests).
+    """
+    if not isinstance(addr, str) or not addr.strip():
+        raise WiregateError('expected host:port like "127.0.0.1:5432", got an empty value')
+    text = addr.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1:].startswith(":"):
+            raise WiregateError(f'expected "[IPv6]:port" like "[::1]:5432", got "{addr}"')
+        host, port_text = text[1:end], text[end + 2:]
+    else:
+        if ":" not in text:
+            raise WiregateError(f'expected host:port like "127.0.0.1:5432", got "{addr}" (the port is missing)')
+        host, port_text = text.rsplit(":", 1)
+        if ":" in host:
+            raise WiregateError(f'IPv6 addresses need brackets, e.g. "[::1]:5432", got "{addr}"')
+    if not host:
+        raise WiregateError(f'host is missing in "{addr}": write "0.0.0.0{text}" to use every interface')
+    if not port_text.isdigit():
+        raise WiregateError(f'port "{port_text}" in "{addr}" is not a number')
+    port = int(port_text)
+    if port > 65535:
+        raise WiregateError(f'port {port} in "{addr}" is out of range (0-65535)')
+    return host, port
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration: "30s", "5m", "1h", "7d", "2w", "1h30m", or bare seconds "90"."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise WiregateError(f"expected a duration like \"5m\", got {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise WiregateError(f"duration must not be negative, got {text}")
+        return text
+    s = text.strip()
+    if s.isdigit():
+        return int(s)
+    pos, total = 0, 0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise WiregateError(
+            f'"{text}" is not a duration: use a number with a unit s, m, h, d or w, like "30s", "5m", "1h30m", "7d"')
+    return total
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest string ``parse_duration`` reads back as ``seconds``."""
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
+# ---- loading --------------------------------------------------------------
+
+def load_config(path: Path) -> Config:
+    """Read, validate and type a config file; ConfigError lists every problem."""
+    path = Path(path)
+    raw = _read_toml(path)
+    errors: list[str] = []
+    _walk(raw, mi.type_info(Config), "", errors, None, None)
+    _semantic_checks(raw, errors)
+    if errors:
+        raise ConfigError(_in_document_order(errors, raw))
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:  # the walk should have caught it; never leave the user without a line
+        raise ConfigError([f"{path}: {e}"]) from None
+    return _resolve_paths(cfg, path.absolute().parent)
+
+
+def check_config(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for a config file, for `wiregate check`."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        return list(e.errors), []
+    return [], config_warnings(cfg)
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Things that load fine but probably do not do what the operator wants."""
+    warnings: list[str] = []
+    listen = cfg.listen
+    if not any((listen.postgres, listen.ssh, listen.http, listen.admin)):
+        warnings.append("listen: no listener configured: `wiregate serve` would serve nothing")
+    if listen.admin and not cfg.identity.admin_groups:
+        warnings.append("identity.admin_groups: empty: nobody can use the admin API on listen.admin")
+    ident = cfg.identity
+    if not ident.dev_tokens and not ident.oidc and not ident.users:
+        warnings.append("identity: nobody can authenticate: dev_tokens = false, "
+                        "no [[identity.oidc]] provider and no [[identity.users]]")
+    for i, user in enumerate(ident.users):
+        if not user.token_sha256 and not user.ssh_keys:
+            warnings.append(f"identity.users[{i}]: {user.name!r} has neither token_sha256 nor ssh_keys: it cannot log in")
+    for i, t in enumerate(cfg.targets):
+        p = f"targets[{i}]"
+        if not t.allow_groups:
+            warnings.append(f"{p}.allow_groups: nobody can connect to {t.name!r}: "
+                            "empty allow_groups means no one (fail closed)")
+        if t.password_env and t.password_env not in os.environ:
+            warnings.append(f"{p}.password_env: environment variable {t.password_env} is not set")
+        for key in ("password_file", "key_file", "known_hosts", "tls_ca_file"):
+            value = getattr(t, key)
+            if value and not os.path.exists(value):
+                warnings.append(f"{p}.{key}: {value} does not exist")
+        if t.protocol == "ssh":
+            if not t.key_file and not t.password_env and not t.password_file:
+                warnings.append(f"{p}: no key_file, password_env or password_file: "
+                                "the gateway has no credential for the upstream")
+            if not t.known_hosts:
+                warnings.append(f"{p}.known_hosts: not set: the upstream host key is not pinned")
+    for i, prov in enumerate(ident.oidc):
+        if prov.jwks_file and not os.path.exists(prov.jwks_file):
+            warnings.append(f"identity.oidc[{i}].jwks_file: {prov.jwks_file} does not exist")
+    for i, r in enumerate(cfg.rules):
+        if not r.groups:
+            warnings.append(f"rules[{i}].groups: empty: rule {r.name!r} applies to no one")
+    return warnings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file (pass -c FILE or set WIREGATE_CONFIG)"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already ends with "(at line L, column C)"
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def fix(obj: Any) -> Any:
+        changes = {}
+        for key in _PATH_FIELDS[type(obj)]:
+            value = getattr(obj, key)
+            if value:
+                p = Path(value).expanduser()
+                changes[key] = os.path.normpath(p if p.is_absolute() else base / p)
+        return msgspec.structs.replace(obj, **changes) if changes else obj
+
+    return msgspec.structs.replace(
+        cfg,
+        gateway=fix(cfg.gateway),
+        identity=msgspec.structs.replace(cfg.identity, oidc=[fix(p) for p in cfg.identity.oidc]),
+        targets=[fix(t) for t in cfg.targets],
+    )
+
+
+def _in_document_order(errors: list[str], raw: dict[str, Any]) -> list[str]:
+    """Group errors by section and item as they appear in the file (stable: walk errors first)."""
+    sections = {key: rank for rank, key in enumerate(raw)}
+
+    def position(line: str) -> tuple[int, int]:
+        m = re.match(r"([A-Za-z0-9_-]+)(?:\.[A-Za-z0-9_-]+)*(?:\[(\d+)\])?", line)
+        if not m:
+            return (len(sections), 0)
+        return (sections.get(m.group(1), len(sections)), int(m.group(2)) if m.group(2) else -1)
+
+    return sorted(errors, key=position)
+
+
+# ---- structural walk ------------------------------------------------------
+
+def _key_path(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _show(value: Any) -> str:
+    """A value as the operator wrote it, briefly."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return msgspec.json.encode(shown).decode()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _describe(t: mi.Type, path: str) -> str:
+    if isinstance(t, mi.StrType):
+        return "a string"
+    if isinstance(t, mi.BoolType):
+        return "true or false"
+    if isinstance(t, mi.IntType):
+        return "an integer"
+    if isinstance(t, mi.FloatType):
+        return "a number"
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(map(str, t.values))
+    if isinstance(t, mi.StructType):
+        return "a table"
+    if isinstance(t, mi.ListType):
+        if isinstance(t.item_type, mi.StructType):
+            return f"a list of tables ([[{path}]])"
+        return f"a list of {_plural(_describe(t.item_type, path))}"
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_describe(m, path) for m in t.types if not isinstance(m, mi.NoneType))
+    return "a valid value"
+
+
+def _plural(desc: str) -> str:
+    for article in ("a ", "an "):
+        if desc.startswith(article):
+            return desc[len(article):] + "s"
+    return desc
+
+
+def _literal_values(owner: type | None, field: str | None, t: mi.LiteralType) -> tuple[Any, ...]:
+    # msgspec sorts literal values; the declaration order reads better (allow, deny, review, mask).
+    if owner is not None and field is not None:
+        hint = typing.get_type_hints(owner).get(field)
+        for candidate in (hint, *typing.get_args(hint)):
+            if typing.get_origin(candidate) is Literal:
+                return typing.get_args(candidate)
+    return t.values
+
+
+def _scalar_ok(value: Any, t: mi.Type) -> bool:
+    if isinstance(t, mi.StrType):
+        return isinstance(value, str)
+    if isinstance(t, mi.BoolType):
+        return isinstance(value, bool)
+    if isinstance(t, mi.IntType):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(t, mi.FloatType):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(t, mi.LiteralType):
+        return any(value == v and type(value) is type(v) for v in t.values)
+    return False
+
+
+def _walk(value: Any, t: mi.Type, path: str, errors: list[str],
+          owner: type | None, field: str | None) -> None:
+    if isinstance(t, mi.UnionType):
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        # descend into the member shaped like the value, so errors point inside it
+        for m in members:
+            if (isinstance(value, dict) and isinstance(m, mi.StructType)) or (
+                    isinstance(value, list) and isinstance(m, mi.ListType)):
+                _walk(value, m, path, errors, owner, field)
+                return
+        if any(_scalar_ok(value, m) for m in members):
+            return
+        errors.append(f"{path}: expected {_describe(t, path)}{_example(owner, field)}, got {_show(value)}")
+        return
+    if isinstance(t, mi.StructType):
+        _walk_struct(value, t, path, errors)
+        return
+    if isinstance(t, mi.ListType):
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected {_describe(t, path)}, got {_show(value)}")
+            return
+        for i, item in enumerate(value):
+            _walk(item, t.item_type, f"{path}[{i}]", errors, owner, field)
+        return
+    if isinstance(t, mi.LiteralType):
+        if not _scalar_ok(value, t):
+            allowed = ", ".join(map(str, _literal_values(owner, field, t)))
+            errors.append(f"{path}: must be one of {allowed}, got {_show(value)}")
+        return
+    if not _scalar_ok(value, t):
+        errors.append(f"{path}: expected {_describe(t, path)}{_example(owner, field)}, got {_show(value)}")
+
+
+def _example(owner: type | None, field: str | None) -> str:
+    example = _EXAMPLES.get((owner, field)) if owner is not None and field is not None else None
+    return f" like {example}" if example else ""
+
+
+def _walk_struct(value: Any, t: mi.StructType, path: str, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        errors.append(f"{path or 'config'}: expected a table, got {_show(value)}")
+        return
+    fields = {f.encode_name: f for f in t.fields}
+    for key, item in value.items():
+        f = fields.get(key)
+        if f is None:
+            errors.append(_unknown_key(key, _key_path(path, key), fields))
+            continue
+        _walk(item, f.type, _key_path(path, key), errors, t.cls, f.name)
+    for name, f in fields.items():
+        if f.required and name not in value:
+            errors.append(f"{_key_path(path, name)}: required key missing")
+
+
+def _looks_secret(key: str) -> bool:
+    k = key.lower()
+    return k in _SECRET_KEY_NAMES or k.endswith(_SECRET_KEY_SUFFIXES)
+
+
+def _unknown_key(key: str, path: str, fields: dict[str, Any]) -> str:
+    if _looks_secret(key):
+        base = key.lower()
+        env, file = f"{base}_env", f"{base}_file"
+        if env in fields and file in fields:
+            how = f'use {env} = "VARIABLE" or {file} = "PATH" instead'
+        elif base == "token" and "token_sha256" in fields:
+            how = "put the sha256 hex of the token in token_sha256 instead"
+        else:
+            how = "reference it with a *_env or *_file key instead"
+        return f"{path}: secret values must not be written in the config: {how}"
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return f"{path}: unknown key{hint}"
+
+
+# ---- semantic checks ------------------------------------------------------
+# They run on the parts that can be typed even when other parts have errors,
+# so one `wiregate check` shows everything there is to fix.
+
+_BAD = object()  # marker: this value has a structural error (already reported)
+
+
+def _clean(value: Any, t: mi.Type) -> Any:
+    """``value`` without the parts that failed the structural walk, or _BAD."""
+    if isinstance(t, mi.UnionType):
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        for m in members:
+            if (isinstance(value, dict) and isinstance(m, mi.StructType)) or (
+                    isinstance(value, list) and isinstance(m, mi.ListType)):
+                return _clean(value, m)
+        return value if any(_scalar_ok(value, m) for m in members) else _BAD
+    if isinstance(t, mi.StructType):
+        if not isinstance(value, dict):
+            return _BAD
+        fields = {f.encode_name: f for f in t.fields}
+        out = {}
+        for key, item in value.items():
+            if key in fields and (c := _clean(item, fields[key].type)) is not _BAD:
+                out[key] = c
+        if any(f.required and name not in out for name, f in fields.items()):
+            return _BAD
+        return out
+    if isinstance(t, mi.ListType):
+        if not isinstance(value, list):
+            return _BAD
+        # a list with one bad item is dropped whole: indices in later errors must stay true
+        items = [_clean(item, t.item_type) for item in value]
+        return _BAD if any(item is _BAD for item in items) else items
+    return value if _scalar_ok(value, t) else _BAD
+
+
+def _typed(value: Any, t: type) -> Any:
+    """``value`` as a ``t``, leaving out keys with errors; None when even that fails."""
+    cleaned = _clean(value, mi.type_info(t))
+    if cleaned is _BAD:
+        return None
+    try:
+        return msgspec.convert(cleaned, t)
+    except (msgspec.ValidationError, TypeError):
+        return None
+
+
+def _typed_items(values: Any, t: type) -> list[tuple[int, Any, dict[str, Any]]]:
+    if not isinstance(values, list):
+        return []
+    out = []
+    for i, item in enumerate(values):
+        typed = _typed(item, t) if isinstance(item, dict) else None
+        if typed is not None:
+            out.append((i, typed, item))
+    return out
+
+
+def _raw_names(values: Any) -> list[tuple[int, str]]:
+    if not isinstance(values, list):
+        return []
+    return [(i, v["name"]) for i, v in enumerate(values) if isinstance(v, dict) and isinstance(v.get("name"), str)]
+
+
+def _semantic_checks(raw: dict[str, Any], errors: list[str]) -> None:
+    section = raw.get("gateway")
+    if isinstance(section, dict) and (gw := _typed(section, GatewaySection)) is not None:
+        _check_gateway(gw, errors)
+    section = raw.get("listen")
+    if isinstance(section, dict) and (listen := _typed(section, ListenSection)) is not None:
+        _check_listen(listen, errors)
+    section = raw.get("identity")
+    if isinstance(section, dict):
+        _check_identity(section, errors)
+
+    targets = raw.get("targets")
+    _check_unique(_raw_names(targets), "targets", "target", errors)
+    for i, t, raw_t in _typed_items(targets, Target):
+        _check_target(f"targets[{i}]", t, raw_t, errors)
+
+    known_targets = {name for _, name in _raw_names(targets)}
+    rules = raw.get("rules")
+    _check_unique(_raw_names(rules), "rules", "rule", errors)
+    for i, r, raw_r in _typed_items(rules, Rule):
+        _check_rule(f"rules[{i}]", r, raw_r, known_targets, errors)
+
+
+def _check_unique(names: list[tuple[int, str]], section: str, what: str, errors: list[str]) -> None:
+    first: dict[str, int] = {}
+    for i, name in names:
+        if name in first:
+            errors.append(f'{section}[{i}].name: duplicate {what} name "{name}" (also {section}[{first[name]}])')
+        else:
+            first[name] = i
+
+
+def _check_address(value: str | None, path: str, errors: list[str], *, allow_port_zero: bool) -> None:
+    if value is None:
+        return
+    try:
+        _, port = parse_listen(value)
+    except WiregateError as e:
+        errors.append(f"{path}: {e}")
+        return
+    if port == 0 and not allow_port_zero:
+        errors.append(f'{path}: port 0 in "{value}" is not a port to connect to')
+
+
+def _check_gateway(gw: GatewaySection, errors: list[str]) -> None:
+    if bool(gw.tls_cert_file) != bool(gw.tls_key_file):
+        errors.append("gateway: set both tls_cert_file and tls_key_file, or neither "
+                      "(a self-signed certificate is generated then)")
+    if not gw.state_dir.strip():
+        errors.append("gateway.state_dir: must not be empty")
+
+
+def _check_listen(listen: ListenSection, errors: list[str]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for key in ("postgres", "ssh", "http", "admin"):
+        value = getattr(listen, key)
+        _check_address(value, f"listen.{key}", errors, allow_port_zero=True)
+        try:
+            host, port = parse_listen(value) if value is not None else (None, 0)
+        except WiregateError:
+            continue
+        if host is not None and port != 0:
+            if (host, port) in seen:
+                errors.append(f"listen.{key}: same address as listen.{seen[(host, port)]}")
+            seen[(host, port)] = key
+
+
+def _check_identity(raw: dict[str, Any], errors: list[str]) -> None:
+    providers = _typed_items(raw.get("oidc"), OIDCProvider)
+    issuers: dict[str, int] = {}
+    for i, prov, _ in providers:
+        p = f"identity.oidc[{i}]"
+        if not prov.issuer:
+            errors.append(f"{p}.issuer: must not be empty")
+        elif prov.issuer == DEV_TOKEN_ISSUER:
+            errors.append(f'{p}.issuer: "{DEV_TOKEN_ISSUER}" is reserved for dev tokens')
+        elif prov.issuer in issuers:
+            errors.append(f'{p}.issuer: duplicate issuer "{prov.issuer}" (also identity.oidc[{issuers[prov.issuer]}])')
+        else:
+            issuers[prov.issuer] = i
+        if not prov.audience:
+            errors.append(f"{p}.audience: must not be empty")
+        if bool(prov.jwks_url) == bool(prov.jwks_file):
+            errors.append(f"{p}: set exactly one of jwks_url and jwks_file")
+        if prov.jwks_url and not prov.jwks_url.startswith(("https://", "http://")):
+            errors.append(f"{p}.jwks_url: must be an http:// or https:// URL, got {_show(prov.jwks_url)}")
+        if not prov.groups_claim:
+            errors.append(f"{p}.groups_claim: must not be empty")
+        if not prov.subject_claim:
+            errors.append(f"{p}.subject_claim: must not be empty")
+        if prov.jwks_cache_seconds < 0:
+            errors.append(f"{p}.jwks_cache_seconds: must not be negative")
+        if prov.leeway_seconds < 0:
+            errors.append(f"{p}.leeway_seconds: must not be negative")
+
+    users = raw.get("users")
+    _check_unique(_raw_names(users), "identity.users", "user", errors)
+    key_owner: dict[str, str] = {}
+    for i, user, _ in _typed_items(users, UserAccount):
+        p = f"identity.users[{i}]"
+        if not user.name.strip():
+            errors.append(f"{p}.name: must not be empty")
+        if user.token_sha256 is not None and not _HEX64_RE.fullmatch(user.token_sha256):
+            # never echo the value: it may be the token itself pasted by mistake
+            errors.append(f"{p}.token_sha256: must be 64 hex characters, the sha256 of the token "
+                          f"(printf %s TOKEN | sha256sum), got {len(user.token_sha256)} characters")
+        for j, key in enumerate(user.ssh_keys):
+            problem = _ssh_key_problem(key)
+            if problem:
+                errors.append(f"{p}.ssh_keys[{j}]: {problem}")
+                continue
+            blob = key.split()[1]
+            if blob in key_owner and key_owner[blob] != p:
+                errors.append(f"{p}.ssh_keys[{j}]: the same key is listed for {key_owner[blob]}")
+            key_owner.setdefault(blob, p)
+
+
+def _ssh_key_problem(line: str) -> str | None:
+    """Why ``line`` is not an OpenSSH public key line ("TYPE BASE64 [comment]"), or None."""
+    parts = line.split()
+    if len(parts) < 2:
+        return 'expected an OpenSSH public key like "ssh-ed25519 AAAA... comment"'
+    kind, blob = parts[0], parts[1]
+    try:
+        data = base64.b64decode(blob, validate=True)
+        (n,) = struct.unpack(">I", data[:4])
+        inner = data[4:4 + n].decode("ascii")
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        return f'the key data after "{kind}" is not valid base64 of an SSH key'
+    if inner != kind:
+        return f'the key says type "{inner}" but the line says "{kind}"'
+    return None
+
+
+def _check_target(p: str, t: Target, raw: dict[str, Any], errors: list[str]) -> None:
+    if not _TARGET_NAME_RE.fullmatch(t.name):
+        errors.append(f"{p}.name: {_show(t.name)} must be 1-63 letters, digits, '-' or '_' "
+                      "(it is used as a database name, SSH user part and URL path segment)")
+    all_keys = _TARGET_COMMON_KEYS.union(*_TARGET_KEYS.values())
+    # unknown keys were reported by the walk; here only keys of another protocol
+    foreign = sorted((set(raw) & all_keys) - _TARGET_COMMON_KEYS - _TARGET_KEYS[t.protocol])
+    for key in foreign:
+        users = [proto for proto, keys in _TARGET_KEYS.items() if key in keys]
+        errors.append(f"{p}.{key}: not used by {t.protocol} targets (only by {', '.join(users)})")
+    if t.protocol in ("postgres", "ssh"):
+        for key in ("address", "user"):
+            if not raw.get(key):
+                errors.append(f"{p}.{key}: required for {t.protocol} targets")
+        _check_address(t.address, f"{p}.address", errors, allow_port_zero=False)
+    if t.protocol == "http":
+        if not t.url:
+            errors.append(f"{p}.url: required for http targets")
+        elif not t.url.startswith(("http://", "https://")):
+            errors.append(f"{p}.url: must start with http:// or https://, got {_show(t.url)}")
+    if "password_env" in raw and "password_file" in raw:
+        errors.append(f"{p}: set password_env or password_file, not both")
+    if t.password_env is not None and not t.password_env:
+        errors.append(f"{p}.password_env: must name an environment variable")
+
+
+def _check_rule(p: str, r: Rule, raw: dict[str, Any], known_targets: set[str], errors: list[str]) -> None:
+    if not r.name.strip():
+        errors.append(f"{p}.name: must not be empty")
+    for j, name in enumerate(r.targets):
+        if name == "*" or name in known_targets:
+            continue
+        # the policy engine matches rule targets as fnmatch globs; a glob that
+        # matches nothing is as much a typo as an unknown name
+        if any(c in name for c in "*?["):
+            if not any(fnmatch.fnmatchcase(t, name) for t in known_targets):
+                errors.append(f'{p}.targets[{j}]: pattern "{name}" matches no configured target')
+        else:
+            errors.append(f'{p}.targets[{j}]: unknown target "{name}"')
+    if r.action == "review":
+        if not r.approvers:
+            errors.append(f"{p}.approvers: a review rule needs approvers (groups that may approve)")
+        try:
+            if parse_duration(r.timeout) <= 0:
+                errors.append(f"{p}.timeout: must be longer than 0s")
+        except WiregateError as e:
+            errors.append(f"{p}.timeout: {e}")
+    else:
+        for key in ("approvers", "timeout"):
+            if key in raw:
+                errors.append(f"{p}.{key}: only used by review rules, this rule is {r.action}")
+    if r.action == "mask":
+        if not r.columns and not r.detectors:
+            errors.append(f"{p}: a mask rule needs columns or detectors")
+    else:
+        for key in ("columns", "detectors", "style"):
+            if key in raw:
+                errors.append(f"{p}.{key}: only used by mask rules, this rule is {r.action}")
+    if r.match is not None:
+        for j, pattern in enumerate(r.match.text):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                errors.append(f"{p}.match.text[{j}]: not a valid regular expression: {e}")

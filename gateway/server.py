@@ -1,0 +1,65 @@
+"""`wiregate serve`: start every listener the config names and run until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.config import Config, parse_listen
+from gateway.errors import WiregateError
+from gateway.identity import Authenticator
+from gateway.tls import server_context
+from policy.engine import PolicyEngine
+
+log = logging.getLogger("wiregate")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("WIREGATE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(cfg: Config) -> int:
+    setup_logging()
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency; run on asyncio's loop rather than not at all
+        return asyncio.run(_serve(cfg))
+    return uvloop.run(_serve(cfg))
+
+
+async def _serve(cfg: Config) -> int:
+    unserved = [name for name in ("ssh", "http", "admin") if getattr(cfg.listen, name)]
+    for name in unserved:
+        log.warning("listen.%s: this version of wiregate does not serve %s yet; ignored", name, name)
+    if not cfg.listen.postgres:
+        raise WiregateError("nothing to serve: set listen.postgres in the config")
+    state_dir = Path(cfg.gateway.state_dir)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    authenticator = Authenticator(cfg)
+    policy = PolicyEngine(cfg)
+    from protocols.postgres.listener import PostgresListener
+
+    server_ssl = server_context(state_dir, cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)
+    pg = PostgresListener(cfg, authenticator, policy, server_ssl)
+    host, port = parse_listen(cfg.listen.postgres)
+    try:
+        await pg.start(host, port)
+    except OSError as e:
+        raise WiregateError(f"listen.postgres: cannot listen on {cfg.listen.postgres}: {e.strerror}") from None
+    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in pg.sockets)
+    log.info("postgres listening on %s (%d targets)", addrs, len(pg.targets))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: closing %d sessions", len(pg.sessions))
+    await pg.close()
+    return 0

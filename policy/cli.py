@@ -1,0 +1,92 @@
+"""`wiregate policy test`: dry-run one command against the rules and say who decided.
+
+Exit status (documented in docs/policy.md):
+
+* 0 — a decision was made and printed, whatever it is (allow, deny or review): this is a dry run;
+* 1 — the configuration is invalid, or the target is unknown (``PolicyUsageError``, printed as one
+  line by ``gateway.cli``; the exception carries ``exit_code = 2`` for a caller that distinguishes
+  usage errors);
+* 2 — command-line usage errors caught by argparse (missing ``--target``, two of ``--sql``/...).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from gateway.config import Config
+from gateway.errors import WiregateError
+from policy.engine import PolicyEngine
+from policy.glob import GlobSet
+from policy.model import Command, Decision
+
+
+class PolicyUsageError(WiregateError):
+    """The dry run was asked something that cannot be answered (unknown target, no command)."""
+
+    exit_code = 2
+
+
+def policy_test(
+    cfg: Config,
+    *,
+    target: str,
+    name: str,
+    groups: Sequence[str],
+    sql: str | None = None,
+    command: str | None = None,
+    tool: str | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Print the decision for one command and the rule that made it; return the exit status."""
+    out = out if out is not None else sys.stdout
+    given = [x for x in (sql, command, tool) if x is not None]
+    if len(given) != 1:
+        raise PolicyUsageError("policy test: give exactly one of --sql, --command, --tool")
+    spec = next((t for t in cfg.targets if t.name == target), None)
+    if spec is None:
+        known = ", ".join(t.name for t in cfg.targets) or "none configured"
+        raise PolicyUsageError(f'policy test: unknown target "{target}" (targets: {known})')
+
+    engine = PolicyEngine(cfg)
+    session = engine.session(protocol=spec.protocol, target=target, identity=name, groups=list(groups))
+
+    if sql is not None:
+        analysis = session.analyze(sql)
+        decision = session.check_sql(sql)
+        state = "error" if analysis.error is not None else "empty" if analysis.empty else ""
+        print(_line(decision, state=state, default=engine.default), file=out)
+        if analysis.error is not None:
+            where = f" at character {analysis.error_position}" if analysis.error_position else ""
+            print(f"parse error: {analysis.error}{where}", file=out)
+        else:
+            kinds = ", ".join(sorted(analysis.kinds)) or "(none: empty statement)"
+            print(f"statements: {analysis.statements}  kinds: {kinds}", file=out)
+    else:
+        kind, text = ("exec", command) if command is not None else ("tool", tool)
+        decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
+        print(_line(decision, state="", default=engine.default), file=out)
+
+    if not GlobSet(spec.allow_groups).matches_any(groups):
+        # rules decide commands; whether the session opens at all is the target's allow_groups
+        shown = ", ".join(groups) or "no groups"
+        print(
+            f'note: [{shown}] matches none of allow_groups [{", ".join(spec.allow_groups)}] '
+            f'of target "{target}": the session itself would be refused',
+            file=out,
+        )
+    return 0
+
+
+def _line(decision: Decision, *, state: str, default: str) -> str:
+    """``deny  rule=NAME  message`` / ``allow  (no rule matched; policy default allow)``."""
+    if decision.rule is not None:
+        who = f"rule={decision.rule}"
+    elif state == "error":
+        who = "(statement does not parse; refused)" if decision.action == "deny" else "(statement does not parse; no rule here inspects SQL)"
+    elif state == "empty":
+        who = "(empty statement: nothing to run)"
+    else:
+        who = f"(no rule matched; policy default {default})"
+    return f"{decision.action}  {who}  {decision.message}".rstrip()

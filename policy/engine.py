@@ -1,0 +1,342 @@
+"""Rules and decisions: the policy core every protocol asks.
+
+``PolicyEngine(cfg)`` compiles the rules once; ``engine.session(...)`` keeps only the rules that
+apply to one caller on one target; ``SessionPolicy.check_sql`` / ``check`` decide each command.
+Semantics are documented in docs/policy.md; the short version:
+
+* rules are tried in file order, the first ``deny`` / ``review`` / ``allow`` rule whose ``match``
+  matches decides, ``mask`` rules never decide;
+* a deny/review rule matches when *any* statement of the string matches it, an allow rule only
+  when it covers *every* statement (so ``allow SELECT`` cannot let ``SELECT 1; DROP TABLE t`` by);
+* nothing decided: ``policy.default``;
+* SQL that does not parse is refused whenever the session has anything to enforce.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from gateway.config import Config, Rule
+from gateway.errors import ConfigError
+from policy.glob import GlobSet, command_candidates, simple_command
+from policy.model import ALLOW, Command, Decision
+from policy.sql import KNOWN_KINDS, SqlAnalysis, SqlAnalyzer, normalize_kind, verb_of
+
+__all__ = ["PolicyEngine", "SessionPolicy", "CompiledRule"]
+
+# match keys a later version enforces; a rule using one is refused rather than silently inert
+_UNSUPPORTED_KEYS = ("tables", "functions", "http")
+# per-session decision caches are cleared when they reach this many entries: the key space is
+# caller-controlled (kind combinations, texts), memory must not be
+_SESSION_CACHE_MAX = 1024
+# texts longer than this are not kept as cache keys
+_TEXT_KEY_MAX = 16384
+
+_NOUNS = {"exec": "command", "tool": "tool call", "function_call": "function call", "http": "request"}
+
+_BACKSLASH_REFUSED = Decision(
+    action="deny", rule=None, sqlstate="42601",
+    message="wiregate: cannot analyse statement: standard_conforming_strings is off and the statement "
+    "contains a backslash; turn it back on (SET standard_conforming_strings = on)",
+)
+
+DecidingAction = Literal["allow", "deny", "review"]
+
+
+class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
+    """A deny/review/allow rule, ready to match."""
+
+    index: int
+    name: str
+    action: DecidingAction
+    message: str | None
+    targets: GlobSet
+    groups: GlobSet
+    except_groups: GlobSet
+    # no `match` table: the rule matches every command
+    match_all: bool
+    # normalized sql kind entries in file order, and as a set
+    sql: tuple[str, ...] = ()
+    sql_set: frozenset[str] = frozenset()
+    text: tuple[re.Pattern[str], ...] = ()
+    command: GlobSet | None = None
+    tool: GlobSet | None = None
+
+    @property
+    def can_match_sql(self) -> bool:
+        # command / tool conditions can never hold for a SQL statement
+        return self.match_all or (self.command is None and self.tool is None)
+
+    def applies_to(self, target: str, groups: Sequence[str]) -> bool:
+        if not self.targets.matches(target):
+            return False
+        if not self.groups.matches_any(groups):
+            return False
+        return not (self.except_groups and self.except_groups.matches_any(groups))
+
+
+def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
+    where = f"rules[{i}]"
+    if rule.action == "mask":
+        return None  # masking rules shape results, they never decide
+    m = rule.match
+    base = dict(
+        index=i,
+        name=rule.name,
+        action=rule.action,
+        message=rule.message,
+        targets=GlobSet(rule.targets),
+        groups=GlobSet(rule.groups),
+        except_groups=GlobSet(rule.except_groups),
+    )
+    if m is None:
+        return CompiledRule(match_all=True, **base)
+    for key in _UNSUPPORTED_KEYS:
+        if getattr(m, key):
+            errors.append(f"{where}.match.{key}: not supported yet")
+    if not (m.sql or m.text or m.command or m.tool or m.tables or m.functions or m.http):
+        errors.append(f"{where}.match: empty; leave `match` out to match every command")
+    sql: list[str] = []
+    for j, entry in enumerate(m.sql):
+        kind = normalize_kind(entry)
+        if kind not in KNOWN_KINDS:
+            errors.append(f"{where}.match.sql[{j}]: unknown statement kind {entry!r} (see docs/policy.md)")
+        elif kind not in sql:
+            sql.append(kind)
+    text: list[re.Pattern[str]] = []
+    for j, pattern in enumerate(m.text):
+        try:
+            text.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as exc:
+            errors.append(f"{where}.match.text[{j}]: invalid regular expression: {exc}")
+    return CompiledRule(
+        match_all=False,
+        sql=tuple(sql),
+        sql_set=frozenset(sql),
+        text=tuple(text),
+        command=GlobSet(m.command) if m.command else None,
+        tool=GlobSet(m.tool) if m.tool else None,
+        **base,
+    )
+
+
+class PolicyEngine:
+    """The compiled rules of one configuration. Build a new one on reload."""
+
+    def __init__(self, cfg: Config, *, analyzer: SqlAnalyzer | None = None):
+        errors: list[str] = []
+        rules = [_compile_rule(i, r, errors) for i, r in enumerate(cfg.rules)]
+        if errors:
+            raise ConfigError(errors)
+        self.rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None)
+        self.default: Literal["allow", "deny"] = cfg.policy.default
+        # pass the previous engine's analyzer on reload to keep its cache warm
+        self.analyzer = analyzer if analyzer is not None else SqlAnalyzer()
+
+    def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str]) -> SessionPolicy:
+        rules = tuple(r for r in self.rules if r.applies_to(target, groups))
+        return SessionPolicy(
+            engine=self, protocol=protocol, target=target, identity=identity, groups=tuple(groups), rules=rules
+        )
+
+
+class SessionPolicy:
+    """The rules that apply to one caller on one target, and the decisions they make."""
+
+    __slots__ = (
+        "protocol", "target", "identity", "groups", "rules", "default", "inspects_sql",
+        "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_backslash_unsafe",
+    )
+
+    def __init__(
+        self, *, engine: PolicyEngine, protocol: str, target: str, identity: str,
+        groups: tuple[str, ...], rules: tuple[CompiledRule, ...],
+    ):
+        self.protocol = protocol
+        self.target = target
+        self.identity = identity
+        self.groups = groups
+        self.rules = rules
+        self.default = engine.default
+        self._analyze = engine.analyzer.analyze
+        self._sql_rules = tuple(r for r in rules if r.can_match_sql)
+        self.inspects_sql = _could_refuse_sql(self._sql_rules, self.default)
+        # decisions depend on the statement kinds only, unless a text regex may decide
+        self._text_sensitive = any(r.text for r in self._sql_rules)
+        self._by_leaves: dict[frozenset[str], Decision] = {}
+        self._by_text: dict[str, Decision] = {}
+        # the analyser reads string literals as PostgreSQL does with standard_conforming_strings
+        # on; with it off, a backslash changes where a literal ends (see set_server_parameter)
+        self._backslash_unsafe = False
+
+    # -- SQL ------------------------------------------------------------------------------
+    def check_sql(self, sql: str) -> Decision:
+        if self._backslash_unsafe and "\\" in sql and self.inspects_sql:
+            return _BACKSLASH_REFUSED
+        analysis = self._analyze(sql)
+        if analysis.error is not None:
+            return self._unparsable(analysis)
+        if self._text_sensitive:
+            cached = self._by_text.get(sql)
+            if cached is None:
+                cached = self._decide_sql(analysis, sql)
+                if len(sql) <= _TEXT_KEY_MAX:
+                    _remember(self._by_text, sql, cached)
+            return cached
+        cached = self._by_leaves.get(analysis.leaves)
+        if cached is None:
+            cached = self._decide_sql(analysis, sql)
+            _remember(self._by_leaves, analysis.leaves, cached)
+        return cached
+
+    def set_server_parameter(self, name: str, value: str) -> None:
+        """Follow a server ParameterStatus, for a protocol that does not track it itself.
+
+        libpg_query scans string literals with standard_conforming_strings on. If the session
+        turns it off, ``'a\\'';DROP TABLE t;--'`` is one literal to the analyser but a DROP to
+        the server; from then on statements containing a backslash are refused (fail closed).
+        Without a backslash both settings scan the same text identically.
+        """
+        if name == "standard_conforming_strings":
+            self._backslash_unsafe = value.strip().lower() not in ("on", "true", "1", "yes")
+
+    def analyze(self, sql: str) -> SqlAnalysis:
+        """The (cached) analysis behind ``check_sql``, for callers that want the kinds."""
+        return self._analyze(sql)
+
+    def _unparsable(self, analysis: SqlAnalysis) -> Decision:
+        if not self.inspects_sql:
+            return ALLOW
+        where = f" (at character {analysis.error_position})" if analysis.error_position else ""
+        return Decision(
+            action="deny", rule=None, sqlstate="42601",
+            message=f"wiregate: cannot analyse statement: {analysis.error}{where}",
+        )
+
+    def _decide_sql(self, analysis: SqlAnalysis, sql: str) -> Decision:
+        kinds = tuple(sorted(analysis.kinds))
+        if analysis.empty:
+            return Decision(action="allow", kinds=kinds)
+        for rule in self._sql_rules:
+            hit = _sql_hit(rule, analysis, sql)
+            if hit is not None:
+                subject = (f"{_join(hit)} statements", True) if hit else ("this statement", False)
+                return self._decision(rule, subject, kinds)
+        return self._default(kinds, "statement")
+
+    # -- other command kinds ----------------------------------------------------------------
+    def check(self, command: Command) -> Decision:
+        if command.kind == "sql":
+            return self.check_sql(command.text)
+        noun = _NOUNS.get(command.kind, "request")
+        for rule in self.rules:
+            hit = _other_hit(rule, command)
+            if hit is not None:
+                return self._decision(rule, hit or (f"this {noun}", False), ())
+        return self._default((), noun)
+
+    # -- decisions --------------------------------------------------------------------------
+    def _decision(self, rule: CompiledRule, subject: tuple[str, bool], kinds: tuple[str, ...]) -> Decision:
+        """``subject`` is what the reason talks about, and whether it is plural."""
+        if rule.action == "allow":
+            return Decision(action="allow", rule=rule.name, kinds=kinds)
+        what, plural = subject
+        if rule.action == "deny":
+            verb = "are not allowed" if plural else "is not allowed"
+            reason = rule.message or f"{what} {verb} on target \"{self.target}\""
+            message = f"wiregate: blocked by rule \"{rule.name}\": {reason}"
+        else:
+            verb = "need approval" if plural else "needs approval"
+            reason = rule.message or f"{what} {verb} on target \"{self.target}\""
+            message = f"wiregate: review required by rule \"{rule.name}\": {reason}"
+        return Decision(action=rule.action, rule=rule.name, message=message, kinds=kinds)
+
+    def _default(self, kinds: tuple[str, ...], noun: str) -> Decision:
+        if self.default == "allow":
+            return Decision(action="allow", kinds=kinds) if kinds else ALLOW
+        return Decision(
+            action="deny", rule=None, kinds=kinds,
+            message=f"wiregate: blocked by policy default: no rule allows this {noun}",
+        )
+
+
+def _could_refuse_sql(rules: tuple[CompiledRule, ...], default: str) -> bool:
+    """Whether any SQL statement could be refused: a deny/review rule is reachable, or the default denies."""
+    for rule in rules:
+        if rule.action != "allow":
+            return True
+        if rule.match_all:
+            return False  # an unconditional allow decides everything after it
+    return default == "deny"
+
+
+def _sql_hit(rule: CompiledRule, analysis: SqlAnalysis, sql: str) -> tuple[str, ...] | None:
+    """None when the rule does not match; else the kind entries that matched (for the message)."""
+    if rule.match_all:
+        return ()
+    hit: tuple[str, ...] = ()
+    if rule.sql:
+        if rule.action == "allow":
+            # an allow rule must cover every statement found, nested ones included
+            entries = rule.sql_set
+            if not all(leaf in entries or verb_of(leaf) in entries for leaf in analysis.leaves):
+                return None
+        else:
+            kinds = analysis.kinds
+            hit = tuple(k for k in rule.sql if k in kinds)
+            if not hit:
+                return None
+    if rule.text and not any(p.search(sql) for p in rule.text):
+        return None
+    return hit
+
+
+def _other_hit(rule: CompiledRule, command: Command) -> tuple[str, bool] | tuple[()] | None:
+    """Match an exec / tool / other command; SQL kind conditions never hold for them.
+
+    None when the rule does not match; else the message subject (text, plural), or ()
+    when the rule has nothing specific to say.
+    """
+    if rule.match_all:
+        return ()
+    if rule.sql:
+        return None
+    hit: tuple[str, bool] | tuple[()] = ()
+    if rule.command is not None:
+        if command.kind != "exec":
+            return None
+        if rule.action == "allow":
+            line = simple_command(command.text)
+            if line is None or not rule.command.matches(line):
+                return None
+        else:
+            for candidate in command_candidates(command.text):
+                if rule.command.matches(candidate):
+                    pattern = rule.command.first_match(candidate)
+                    hit = (f'commands matching "{pattern}"', True) if pattern else ()
+                    break
+            else:
+                return None
+    if rule.tool is not None:
+        if command.kind != "tool" or not rule.tool.matches(command.text):
+            return None
+        hit = (f'tool "{command.text}"', False)
+    if rule.text and not any(p.search(command.text) for p in rule.text):
+        return None
+    return hit
+
+
+def _join(items: tuple[str, ...]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _remember(cache: dict, key: object, value: Decision) -> None:
+    if len(cache) >= _SESSION_CACHE_MAX:
+        cache.clear()
+    cache[key] = value

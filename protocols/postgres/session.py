@@ -1,0 +1,485 @@
+"""The asyncio side of one PostgreSQL session: thin glue around the codec.
+
+Start-up (TLS, the caller's token, the upstream connection and its
+authentication) is written as a coroutine over a small inbox; once both sides
+are ready the session switches to callbacks, where bytes go straight from
+``data_received`` through the sans-IO relay to the other transport, and each
+side's write buffer pauses reading on the other (backpressure both ways).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import ssl
+from typing import TYPE_CHECKING
+
+from gateway.errors import WiregateError
+from gateway.identity import AuthError, groups_match
+from protocols.postgres import codec
+from protocols.postgres.codec import F_FUNCTION_CALL, I32, Q_QUERY, ProtocolViolation
+from protocols.postgres.relay import BackendStream, FrontendStream, Refusals
+from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
+from policy.model import Command
+
+if TYPE_CHECKING:
+    from gateway.config import Target
+    from protocols.postgres.listener import PostgresListener
+
+log = logging.getLogger("wiregate.postgres")
+
+STARTUP_TIMEOUT = 60.0
+UPSTREAM_CONNECT_TIMEOUT = 10.0
+# client parameters that are the gateway's to set, or that would change the protocol
+_NOT_FORWARDED = {"user", "database", "replication"}
+
+# PostgreSQL client_encoding names and the Python codec for each
+_ENCODINGS = {
+    "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
+    "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
+    "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253", "WIN1254": "cp1254",
+    "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257", "WIN1258": "cp1258", "WIN866": "cp866",
+    "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "ISO_8859_5": "iso8859-5",
+    "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8", "EUC_JP": "euc_jp",
+    "EUC_KR": "euc_kr", "EUC_CN": "gb2312", "SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk",
+    "UHC": "cp949", "GB18030": "gb18030", "JOHAB": "johab", "SHIFT_JIS_2004": "shift_jis_2004",
+    "EUC_JIS_2004": "euc_jis_2004",
+}
+
+
+class _Refused(Exception):
+    """End the start-up with this FATAL error for the client."""
+
+    def __init__(self, code: str, text: str, hint: str | None = None):
+        super().__init__(text)
+        self.code, self.text, self.hint = code, text, hint
+
+
+class _Inbox:
+    """Bytes a side received before the relay takes over, read by the start-up coroutine."""
+
+    __slots__ = ("buf", "eof", "_waiter")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.eof = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def more(self) -> None:
+        if self.eof:
+            raise ConnectionResetError("connection closed")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            await self.more()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def read_startup(self) -> bytes:
+        while (length := codec.startup_length(self.buf)) is None:
+            await self.more()
+        return await self.read_exact(length)
+
+    async def read_message(self, limit: int = 1 << 20) -> tuple[int, bytes]:
+        head = await self.read_exact(5)
+        length = codec.U32.unpack_from(head, 1)[0]
+        if length < 4 or length > limit:
+            raise ProtocolViolation(f"invalid message length {length}")
+        return head[0], await self.read_exact(length - 4)
+
+
+class _Side(asyncio.Protocol):
+    """One transport of a session (client or upstream)."""
+
+    def __init__(self, session: "PostgresSession") -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.inbox = _Inbox()
+        self.relay = None  # FrontendStream or BackendStream once relaying
+        self.peer: "_Side | None" = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:
+            self.inbox.feed(data)
+            return
+        try:
+            out = relay.feed(data)
+        except ProtocolViolation as e:
+            self.session.protocol_violation(self, str(e))
+            return
+        if out:
+            self.peer.transport.write(out)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.inbox.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inbox.feed_eof()
+        self.session.side_lost(self)
+
+    # the peer's reading follows this side's write buffer
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class PostgresSession:
+    """One client connection: start-up, then the relay."""
+
+    def __init__(self, listener: "PostgresListener") -> None:
+        self.listener = listener
+        self.client = _Side(self)
+        self.upstream: _Side | None = None
+        self.identity = None
+        self.target: "Target | None" = None
+        self.policy = None
+        self.client_addr = ""
+        self.tls = False
+        self.cancel_key: tuple[int, bytes] | None = None
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._encoding = "utf-8"
+        self._scs_on = True
+
+    # ------------------------------------------------------------ lifecycle
+
+    def client_protocol(self) -> _Side:
+        return self.client
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._startup())
+
+    def side_lost(self, side: _Side) -> None:
+        if side is self.client and self.upstream is not None and self.upstream.relay is not None:
+            self.upstream.write(codec.TERMINATE)
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.cancel_key is not None:
+            self.listener.cancel_map.pop(self.cancel_key, None)
+        self.listener.session_closed(self)
+
+    def protocol_violation(self, side: _Side, text: str) -> None:
+        if side is self.client:
+            log.warning("session %s: client protocol violation: %s", self.client_addr, text)
+            self.client.write(codec.fatal("08P01", f"wiregate: protocol violation: {text}"))
+        else:
+            log.warning("session %s: upstream protocol violation: %s", self.client_addr, text)
+            self.client.write(codec.fatal("08P01", "wiregate: the target sent an invalid message; the session is closed"))
+        self.close()
+
+    def _refuse(self, code: str, text: str, hint: str | None = None) -> None:
+        self.client.write(codec.fatal(code, text, hint=hint))
+        self.close()
+
+    # ------------------------------------------------------------ start-up
+
+    async def _startup(self) -> None:
+        transport = self.client.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                await self._handshake(peer)
+        except _Refused as e:
+            log.info("session %s refused: %s", self.client_addr, e.text)
+            self._refuse(e.code, e.text, e.hint)
+        except ProtocolViolation as e:
+            self._refuse("08P01", f"wiregate: {e}")
+        except TimeoutError:
+            self._refuse("08006", "wiregate: start-up took too long; the connection is closed")
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            log.info("session %s ended during start-up: %s", self.client_addr, e)
+            self.close()
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        except Exception:  # a bug must end this session, never the gateway
+            log.exception("session %s: unexpected error during start-up", self.client_addr)
+            self._refuse("XX000", "wiregate: internal error during start-up; see the gateway's log")
+
+    async def _handshake(self, peer: object) -> None:
+        inbox = self.client.inbox
+        loop = asyncio.get_running_loop()
+        while True:
+            while len(inbox.buf) < 4:
+                await inbox.more()
+            if codec.looks_like_http(bytes(inbox.buf[:4])):
+                self.client.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                                  b"Content-Length: 57\r\n\r\nThis is wiregate's PostgreSQL port; it does not speak HTTP\n")
+                raise ConnectionResetError("HTTP request on the PostgreSQL port")
+            packet = codec.parse_startup(await inbox.read_startup())
+            if packet.kind == "ssl":
+                if self.tls:
+                    raise ProtocolViolation("SSLRequest inside TLS")
+                if inbox.buf:
+                    # bytes after SSLRequest before the handshake could be injected in the clear
+                    raise ProtocolViolation("unexpected data after SSLRequest")
+                self.client.write(b"S")
+                new = await loop.start_tls(self.client.transport, self.client, self.listener.server_ssl, server_side=True)
+                self.client.transport = new
+                self.tls = True
+                continue
+            if packet.kind == "gssenc":
+                self.client.write(b"N")  # GSSAPI encryption is not offered: the client goes on with SSL or plain
+                continue
+            if packet.kind == "cancel":
+                await self.listener.forward_cancel(packet.cancel_pid, packet.cancel_key)
+                raise ConnectionResetError("cancel request handled")
+            break
+        await self._authenticate(packet, peer)
+
+    async def _authenticate(self, packet: codec.StartupPacket, peer: object) -> None:
+        major, minor = packet.version >> 16, packet.version & 0xFFFF
+        if major != 3:
+            raise _Refused("0A000", f"wiregate: unsupported frontend protocol {major}.{minor}: only 3.0 is served")
+        params = packet.params or {}
+        if minor > 0 or any(k.startswith("_pq_.") for k in params):
+            self.client.write(codec.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))
+            params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
+        user = params.get("user", "")
+        target_name = params.get("database") or user
+        if not user:
+            raise _Refused("28000", "wiregate: no user name in the start-up packet: connect as the name in your token")
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            raise _Refused("28000", "wiregate: replication connections are not served through the gateway")
+        if not self.tls and not _is_loopback(peer):
+            raise _Refused("28000", "wiregate: a token is only accepted over TLS from a non-local address",
+                           hint="connect with sslmode=require")
+        self.client.write(codec.AUTH_CLEARTEXT)
+        t, body = await self.client.inbox.read_message(limit=64 * 1024)
+        if t != ord("p"):
+            raise ProtocolViolation(f"expected a password message, got {chr(t)!r}")
+        token = body.rstrip(b"\x00").decode("utf-8", "replace").strip()
+        if not token:
+            raise _Refused("28P01", f'wiregate: no token given for user "{user}": use your token as the password')
+        try:
+            identity = await self.listener.authenticator.authenticate(token)
+        except AuthError as e:
+            raise _Refused("28P01", f'wiregate: authentication failed for user "{user}": {e}') from None
+        if identity.name != user:
+            raise _Refused("28000", f'wiregate: user name "{user}" does not match the token, which is for "{identity.name}"',
+                           hint=f'connect as user "{identity.name}"')
+        target = self.listener.targets.get(target_name)
+        if target is None:
+            raise _Refused("3D000", f'wiregate: no PostgreSQL target named "{target_name}"',
+                           hint="the database name selects the target")
+        if not groups_match(identity.groups, target.allow_groups):
+            raise _Refused("28000", f'wiregate: "{identity.name}" is not allowed on target "{target.name}"',
+                           hint="none of your groups is in the target's allow_groups")
+        self.identity, self.target = identity, target
+        self.policy = self.listener.policy.session(protocol="postgres", target=target.name,
+                                                   identity=identity.name, groups=identity.groups)
+        forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
+        await self._connect_upstream(target, forwarded)
+
+    async def _connect_upstream(self, target: "Target", client_params: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = _split_address(target.address or "")
+        up = _Side(self)
+        self.upstream = up
+        try:
+            password = self.listener.target_password(target)
+        except WiregateError as e:
+            log.error("target %s: %s", target.name, e)
+            raise _Refused("08004", f'wiregate: target "{target.name}" is misconfigured on the gateway; see its log') from None
+        try:
+            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT):
+                transport, _ = await loop.create_connection(lambda: up, host, port)
+                ctx = self.listener.upstream_ssl(target)
+                if ctx is not None:
+                    up.write(codec.ssl_request())
+                    answer = await up.inbox.read_exact(1)
+                    if answer == b"S":
+                        up.transport = await loop.start_tls(
+                            transport, up, ctx, server_hostname=host if target.tls == "verify-full" else None)
+                    elif answer == b"N":
+                        if target.tls in ("require", "verify-full"):
+                            raise _Refused("08001", f'wiregate: target "{target.name}" does not offer TLS, which its tls = "{target.tls}" requires')
+                    else:
+                        raise ProtocolViolation("the target answered SSLRequest with neither S nor N")
+                await self._upstream_startup(target, up, password, client_params)
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
+            log.warning("target %s at %s: %s", target.name, target.address, e)
+            raise _Refused("08001", f'wiregate: cannot reach target "{target.name}": {type(e).__name__}') from None
+
+    async def _upstream_startup(self, target: "Target", up: _Side, password: str | None,
+                                client_params: dict[str, str]) -> None:
+        params = dict(client_params)
+        params["user"] = target.user or ""
+        params["database"] = target.database or target.name
+        up.write(codec.startup_message(params))
+        auth = UpstreamAuth(params["user"], password, self.listener.salted_cache)
+        server_params: dict[str, str] = {}
+        notices: list[bytes] = []
+        upstream_key: tuple[int, bytes] | None = None
+        while True:
+            t, body = await up.inbox.read_message()
+            if t == codec.R_AUTH:
+                try:
+                    reply = auth.step(I32.unpack_from(body, 0)[0], body[4:])
+                except UpstreamAuthError as e:
+                    log.error("target %s: authentication: %s", target.name, e)
+                    raise _Refused("08004", f'wiregate: the gateway could not authenticate to target "{target.name}"; see its log') from None
+                if reply:
+                    up.write(reply)
+            elif t == codec.E_ERROR:
+                fields = codec.parse_fields(body)
+                code = fields.get("C", "08004")
+                log.error("target %s refused the session: %s %s", target.name, code, fields.get("M"))
+                if code.startswith("28"):
+                    raise _Refused("08004", f'wiregate: target "{target.name}" rejected the gateway\'s credentials; see its log')
+                raise _Refused(code, f'wiregate: target "{target.name}": {fields.get("M", "error")}')
+            elif t == codec.S_SYNC:
+                name, pos = codec.split_cstr(body, 0)
+                value, _ = codec.split_cstr(body, pos)
+                server_params[name.decode()] = value.decode("utf-8", "replace")
+            elif t == codec.K_BACKEND_KEY:
+                upstream_key = (I32.unpack_from(body, 0)[0], body[4:])
+            elif t == codec.N_NOTICE:
+                notices.append(codec.message(b"N", body))
+            elif t == codec.Z_READY:
+                self._go_live(up, server_params, notices, upstream_key, body)
+                return
+            elif t == codec.V_NEGOTIATE:
+                continue
+            else:
+                raise ProtocolViolation(f"unexpected message {chr(t)!r} from the target during start-up")
+
+    def _go_live(self, up: _Side, server_params: dict[str, str], notices: list[bytes],
+                 upstream_key: tuple[int, bytes] | None, status: bytes) -> None:
+        out = [codec.AUTH_OK]
+        out += [codec.parameter_status(k, v) for k, v in server_params.items()]
+        out += notices
+        if upstream_key is not None:
+            key = secrets.token_bytes(4)
+            self.cancel_key = (upstream_key[0], key)
+            self.listener.cancel_map[self.cancel_key] = (self.target, upstream_key)
+            out.append(codec.backend_key_data(upstream_key[0], key))
+        out.append(codec.ready_for_query(status))
+        self._on_parameter("client_encoding", server_params.get("client_encoding", "UTF8"))
+        self._on_parameter("standard_conforming_strings", server_params.get("standard_conforming_strings", "on"))
+        refusals = Refusals()
+        backend = BackendStream(refusals, server_params)
+        backend.on_parameter = self._on_parameter
+        backend.status = status
+        self.client.peer, up.peer = up, self.client
+        self.client.write(b"".join(out))
+        pending_client, pending_up = bytes(self.client.inbox.buf), bytes(up.inbox.buf)
+        self.client.inbox.buf.clear()
+        up.inbox.buf.clear()
+        self.client.relay = FrontendStream(self._check, refusals)
+        up.relay = backend
+        log.info("session %s: %s connected to %s (%s)", self.client_addr, self.identity.name, self.target.name,
+                 "tls" if self.tls else "plain")
+        if pending_up:
+            up.data_received(pending_up)
+        if pending_client:
+            self.client.data_received(pending_client)
+        if self.client.inbox.eof:
+            self.close()
+
+    # ------------------------------------------------------------ policy
+
+    def _on_parameter(self, name: str, value: str) -> None:
+        if name == "client_encoding":
+            self._encoding = _ENCODINGS.get(value.upper(), "")
+        elif name == "standard_conforming_strings":
+            self._scs_on = value == "on"
+
+    def _check(self, msg_type: int, body: bytes) -> bytes | None:
+        """The policy check for a statement-carrying message: None to forward it, else the client's error."""
+        policy = self.policy
+        if not policy.inspects_sql:
+            return None
+        if msg_type == F_FUNCTION_CALL:
+            oid = I32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
+            decision = policy.check(Command(protocol="postgres", target=self.target.name, kind="function_call",
+                                            text=f"function call oid {oid}"))
+        else:
+            if msg_type == Q_QUERY:
+                raw = codec.parse_query(body)
+            else:
+                raw = codec.parse_parse(body)[1]
+            if not self._encoding:
+                return codec.error_response("0A000", "wiregate: statements are refused: the session's client_encoding "
+                                            "is not one the gateway can analyse", hint="SET client_encoding = 'UTF8'")
+            if not self._scs_on and b"\\" in raw:
+                return codec.error_response("0A000", "wiregate: a statement with a backslash is refused while "
+                                            "standard_conforming_strings is off",
+                                            hint="SET standard_conforming_strings = on")
+            try:
+                sql = raw.decode(self._encoding)
+            except UnicodeDecodeError:
+                return codec.error_response("22021", f"wiregate: the statement is not valid {self._encoding}")
+            decision = policy.check_sql(sql)
+        if decision.action == "allow":
+            return None
+        if decision.action == "review":
+            return codec.error_response(decision.sqlstate or "42501",
+                                        f'wiregate: blocked by rule "{decision.rule}": the statement needs an approval, '
+                                        "and approvals are not available on this gateway yet")
+        return codec.error_response(decision.sqlstate, decision.message)
+
+
+def _is_loopback(peer: object) -> bool:
+    if not isinstance(peer, tuple):
+        return True  # a unix socket
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host:
+        return address, 5432
+    return host.strip("[]"), int(port)

@@ -1,0 +1,108 @@
+"""Run `wiregate serve` as a real subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.identity import issue_dev_token
+from gateway.pgserver import free_port
+
+
+def toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def render_config(sections: dict[str, dict], arrays: dict[str, list[dict]]) -> str:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    for name, items in arrays.items():
+        for item in items:
+            lines.append(f"[[{name}]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+class GatewayProcess:
+    def __init__(self, workdir: Path, *, targets: list[dict], rules: list[dict] | None = None,
+                 users: list[dict] | None = None, env: dict[str, str] | None = None,
+                 policy_default: str = "allow", identity: dict | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        workdir.mkdir(parents=True, exist_ok=True)
+        ident = {"dev_tokens": True}
+        ident.update(identity or {})
+        arrays: dict[str, list[dict]] = {"targets": targets, "rules": rules or []}
+        if users:
+            arrays["identity.users"] = users
+        self.config_path = workdir / "wiregate.toml"
+        self.config_path.write_text(render_config(
+            {"gateway": {"state_dir": "state"}, "listen": {"postgres": f"{self.host}:{self.port}"},
+             "identity": ident, "policy": {"default": policy_default}}, arrays))
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "gateway.log"
+
+    def start(self) -> "GatewayProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(self.config_path)],
+                                     env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway did not listen within 20 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def token(self, sub: str, groups: list[str], ttl: int = 3600) -> str:
+        return issue_dev_token(load_config(self.config_path), sub=sub, groups=groups, ttl_seconds=ttl)
+
+    def dsn(self, user: str, token: str, target: str, sslmode: str = "require", **params: str) -> str:
+        extra = "".join(f"&{k}={v}" for k, v in params.items())
+        return f"postgresql://{user}:{token}@{self.host}:{self.port}/{target}?sslmode={sslmode}{extra}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

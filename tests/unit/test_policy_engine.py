@@ -1,0 +1,404 @@
+"""Policy engine: rule order, scoping, matching, messages, defaults, fail-closed behaviour."""
+
+from __future__ import annotations
+
+import io
+import timeit
+
+import pytest
+
+from gateway.config import Config, HttpMatch, PolicySection, Rule, RuleMatch, Target
+from gateway.errors import ConfigError, WiregateError
+from policy.cli import policy_test
+from policy.engine import PolicyEngine, SessionPolicy
+from policy.model import Command, Decision
+
+
+def rule(name: str, action: str = "deny", **kw) -> Rule:
+    match = kw.pop("match", None)
+    if isinstance(match, dict):
+        match = RuleMatch(**match)
+    return Rule(name=name, action=action, match=match, **kw)
+
+
+def config(*rules: Rule, default: str = "allow", targets: list[Target] | None = None) -> Config:
+    return Config(rules=list(rules), policy=PolicySection(default=default), targets=targets or [])
+
+
+def session(cfg: Config, target: str = "prod-db", groups: list[str] | None = None,
+            protocol: str = "postgres") -> SessionPolicy:
+    return PolicyEngine(cfg).session(protocol=protocol, target=target, identity="alice",
+                                     groups=groups if groups is not None else ["dev"])
+
+
+SPEC_RULES = (
+    rule("no-destructive-sql", targets=["prod-db"], match={"sql": ["DROP", "DELETE", "TRUNCATE"]}),
+    rule("review-ddl", "review", match={"sql": ["ALTER", "CREATE"]}, approvers=["dba"]),
+    rule("mask-pii", "mask", columns=["users.email"], detectors=["email"]),
+    rule("no-rm", targets=["web-1"], match={"command": ["rm -rf *", "shutdown*"]}),
+    rule("no-delete-tools", targets=["tools"], match={"tool": ["delete_*"]}),
+)
+
+
+# ---- decisions and messages ----------------------------------------------------------------
+
+def test_spec_example_sql() -> None:
+    s = session(config(*SPEC_RULES))
+    d = s.check_sql("DROP TABLE users")
+    assert d == Decision(
+        action="deny", rule="no-destructive-sql", sqlstate="42501", kinds=("DROP", "DROP TABLE"),
+        message='wiregate: blocked by rule "no-destructive-sql": DROP statements are not allowed on target "prod-db"',
+    )
+    assert not d.allowed
+    d = s.check_sql("ALTER TABLE t ADD c int")
+    assert d.action == "review" and d.rule == "review-ddl"
+    assert d.message == ('wiregate: review required by rule "review-ddl": '
+                         'ALTER statements need approval on target "prod-db"')
+    d = s.check_sql("SELECT * FROM users")
+    assert d.allowed and d.rule is None and d.kinds == ("SELECT",)
+
+
+def test_message_names_every_matching_kind_in_rule_order() -> None:
+    s = session(config(*SPEC_RULES))
+    d = s.check_sql("TRUNCATE a; DELETE FROM b; DROP TABLE c")
+    assert d.message.endswith('DROP, DELETE and TRUNCATE statements are not allowed on target "prod-db"')
+    d = s.check_sql("DELETE FROM b; TRUNCATE a")
+    assert 'DELETE and TRUNCATE statements' in d.message
+
+
+def test_custom_message_replaces_reason() -> None:
+    s = session(config(rule("no-drop", match={"sql": ["DROP"]}, message="ask the DBA team in #db")))
+    assert s.check_sql("DROP VIEW v").message == 'wiregate: blocked by rule "no-drop": ask the DBA team in #db'
+
+
+def test_first_matching_rule_wins_in_file_order() -> None:
+    cfg = config(
+        rule("allow-temp-drop", "allow", match={"sql": ["DROP TABLE"], "text": [r"\btmp_"]}),
+        rule("no-drop", match={"sql": ["DROP"]}),
+        rule("review-drop", "review", match={"sql": ["DROP"]}),
+    )
+    s = session(cfg)
+    assert s.check_sql("DROP TABLE tmp_x") == Decision(action="allow", rule="allow-temp-drop",
+                                                         kinds=("DROP", "DROP TABLE"))
+    assert s.check_sql("DROP TABLE users").rule == "no-drop"
+    # reversed order: the deny comes first and wins
+    s = session(config(rule("no-drop", match={"sql": ["DROP"]}), *cfg.rules))
+    assert s.check_sql("DROP TABLE tmp_x").rule == "no-drop"
+
+
+def test_two_word_kinds_and_case_insensitive_entries() -> None:
+    s = session(config(rule("no-drop-db", match={"sql": ["drop  database"]})))
+    assert s.check_sql("DROP DATABASE app").action == "deny"
+    assert s.check_sql("DROP TABLE t").allowed
+    assert s.check_sql("drop database app").message.endswith(
+        'DROP DATABASE statements are not allowed on target "prod-db"')
+    s = session(config(rule("no-users", match={"sql": ["DROP USER", "create user"]})))
+    assert s.check_sql("DROP ROLE bob").action == "deny"
+    assert s.check_sql("CREATE ROLE bob").action == "deny"
+
+
+def test_nested_statements_are_matched() -> None:
+    s = session(config(*SPEC_RULES))
+    for sql in ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                "EXPLAIN ANALYZE DELETE FROM t",
+                "PREPARE p AS DELETE FROM t",
+                "COMMIT; DROP TABLE users",
+                "SELECT 1; TRUNCATE t"):
+        assert s.check_sql(sql).action == "deny", sql
+    assert s.check_sql("EXPLAIN DELETE FROM t").allowed
+    assert s.check_sql("SELECT 'DROP TABLE x' -- DELETE").allowed
+
+
+def test_allow_rules_must_cover_every_statement() -> None:
+    cfg = config(rule("read-only", "allow", match={"sql": ["SELECT", "SHOW", "SET"]}), default="deny")
+    s = session(cfg)
+    assert s.check_sql("SELECT 1").rule == "read-only"
+    assert s.check_sql("SELECT 1; SHOW work_mem").allowed
+    d = s.check_sql("SELECT 1; DROP TABLE t")
+    assert d.action == "deny" and d.rule is None
+    assert d.message == "wiregate: blocked by policy default: no rule allows this statement"
+    assert s.check_sql("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").action == "deny"
+    assert s.check_sql("SET ROLE admin").allowed  # SET covers SET ROLE
+    s = session(config(rule("only-set-role", "allow", match={"sql": ["SET ROLE"]}), default="deny"))
+    assert s.check_sql("SET ROLE admin").allowed
+    assert s.check_sql("SET ROLE admin; SET search_path = evil").action == "deny"
+
+
+def test_mask_rules_never_decide() -> None:
+    s = session(config(rule("m", "mask", columns=["*.ssn"]), default="deny"))
+    assert s.check_sql("SELECT 1").action == "deny"
+    s = session(config(rule("m", "mask", columns=["*.ssn"])))
+    assert s.check_sql("DROP TABLE t").allowed and not s.inspects_sql
+
+
+def test_rule_without_match_matches_everything() -> None:
+    s = session(config(rule("freeze", targets=["prod-db"])))
+    d = s.check_sql("SELECT 1")
+    assert d.action == "deny"
+    assert d.message == 'wiregate: blocked by rule "freeze": this statement is not allowed on target "prod-db"'
+    d = s.check(Command(protocol="ssh", target="prod-db", kind="exec", text="ls"))
+    assert d.message == 'wiregate: blocked by rule "freeze": this command is not allowed on target "prod-db"'
+
+
+# ---- scoping -------------------------------------------------------------------------------
+
+def test_targets_globs() -> None:
+    cfg = config(rule("no-drop-prod", targets=["prod-*"], match={"sql": ["DROP"]}))
+    assert session(cfg, target="prod-db").check_sql("DROP TABLE t").action == "deny"
+    assert session(cfg, target="staging-db").check_sql("DROP TABLE t").allowed
+    assert session(cfg, target="PROD-db").check_sql("DROP TABLE t").allowed  # names are case-sensitive
+
+
+def test_groups_and_except_groups() -> None:
+    cfg = config(
+        rule("no-drop", groups=["dev*", "agents"], except_groups=["dba"], match={"sql": ["DROP"]}),
+    )
+    assert session(cfg, groups=["developers"]).check_sql("DROP TABLE t").action == "deny"
+    assert session(cfg, groups=["agents", "x"]).check_sql("DROP TABLE t").action == "deny"
+    assert session(cfg, groups=["dev", "dba"]).check_sql("DROP TABLE t").allowed
+    assert session(cfg, groups=["ops"]).check_sql("DROP TABLE t").allowed
+    assert session(cfg, groups=[]).check_sql("DROP TABLE t").allowed
+
+
+def test_star_means_everyone_including_no_groups() -> None:
+    cfg = config(rule("no-drop", groups=["*"], match={"sql": ["DROP"]}))
+    assert session(cfg, groups=[]).check_sql("DROP TABLE t").action == "deny"
+    cfg = config(rule("no-drop", match={"sql": ["DROP"]}, except_groups=["*"]))
+    assert session(cfg, groups=[]).check_sql("DROP TABLE t").allowed
+    assert session(cfg, groups=["x"]).check_sql("DROP TABLE t").allowed
+
+
+def test_session_prefilters_rules() -> None:
+    s = session(config(*SPEC_RULES), target="web-1")
+    assert [r.name for r in s.rules] == ["review-ddl", "no-rm"]
+
+
+# ---- defaults, fail closed, inspects_sql ----------------------------------------------------
+
+def test_default_allow_and_deny() -> None:
+    assert session(config()).check_sql("DROP TABLE t").allowed
+    d = session(config(default="deny")).check_sql("SELECT 1")
+    assert d.action == "deny" and d.rule is None and d.sqlstate == "42501" and d.kinds == ("SELECT",)
+    assert d.message == "wiregate: blocked by policy default: no rule allows this statement"
+    d = session(config(default="deny")).check(Command(protocol="ssh", target="x", kind="exec", text="ls"))
+    assert d.message == "wiregate: blocked by policy default: no rule allows this command"
+
+
+def test_unparsable_sql_fails_closed() -> None:
+    s = session(config(*SPEC_RULES))
+    assert s.inspects_sql
+    d = s.check_sql("SELEC 1; DROP TABLE users")
+    assert d.action == "deny" and d.rule is None and d.sqlstate == "42601"
+    assert d.message == 'wiregate: cannot analyse statement: syntax error at or near "SELEC" (at character 1)'
+    assert session(config(default="deny")).check_sql("SELEC 1").sqlstate == "42601"
+    assert s.check_sql("SELECT 1\x00; DROP TABLE users").action == "deny"
+
+
+def test_unparsable_sql_passes_when_nothing_to_enforce() -> None:
+    s = session(config(rule("no-rm", match={"command": ["rm *"]})))
+    assert not s.inspects_sql
+    assert s.check_sql("SELEC 1").allowed
+
+
+def test_empty_statement_is_allowed_even_by_default_deny() -> None:
+    s = session(config(rule("freeze"), default="deny"))
+    for sql in ("", " ; ", "-- nothing"):
+        assert s.check_sql(sql).allowed
+
+
+def test_inspects_sql() -> None:
+    assert not session(config()).inspects_sql
+    assert session(config(default="deny")).inspects_sql
+    assert session(config(*SPEC_RULES)).inspects_sql
+    # rules scoped elsewhere, or only about commands/tools, do not make this session inspect SQL
+    assert not session(config(*SPEC_RULES[:1]), target="staging").inspects_sql
+    assert not session(config(SPEC_RULES[3], SPEC_RULES[4])).inspects_sql
+    assert session(config(rule("t", match={"text": ["pg_sleep"]}))).inspects_sql
+    # an unconditional allow before any deny decides everything
+    assert not session(config(rule("all", "allow"), rule("no-drop", match={"sql": ["DROP"]}))).inspects_sql
+    assert session(config(rule("sel", "allow", match={"sql": ["SELECT"]}), default="deny")).inspects_sql
+    assert not session(config(rule("m", "mask"))).inspects_sql
+
+
+def test_standard_conforming_strings_off_refuses_backslashes() -> None:
+    s = session(config(*SPEC_RULES))
+    sneaky = "SELECT 'a\\'';DROP TABLE users;--'"
+    assert s.check_sql(sneaky).allowed  # one literal, as the server reads it by default
+    s.set_server_parameter("standard_conforming_strings", "off")
+    d = s.check_sql(sneaky)
+    assert d.action == "deny" and d.sqlstate == "42601" and "standard_conforming_strings" in d.message
+    assert s.check_sql("SELECT 1").allowed  # no backslash: both settings read it alike
+    s.set_server_parameter("standard_conforming_strings", "on")
+    assert s.check_sql(sneaky).allowed
+
+
+# ---- text, command, tool ------------------------------------------------------------------
+
+def test_text_regex_is_searched_case_insensitively() -> None:
+    s = session(config(rule("no-sleep", match={"text": [r"pg_sleep\s*\("]})))
+    assert s.check_sql("select PG_SLEEP (10)").action == "deny"
+    assert s.check_sql("SELECT 1").allowed
+    d = s.check_sql("SELECT pg_sleep(1)")
+    assert d.message == 'wiregate: blocked by rule "no-sleep": this statement is not allowed on target "prod-db"'
+    # text applies to the raw text, comments included (documented)
+    assert s.check_sql("SELECT 1 -- pg_sleep(1)").action == "deny"
+
+
+def test_text_and_sql_are_anded() -> None:
+    s = session(config(rule("no-delete-users", match={"sql": ["DELETE"], "text": [r"\busers\b"]})))
+    assert s.check_sql("DELETE FROM users").action == "deny"
+    assert s.check_sql("DELETE FROM orders").allowed
+    assert s.check_sql("SELECT * FROM users").allowed
+
+
+def test_command_globs() -> None:
+    s = session(config(*SPEC_RULES), target="web-1", protocol="ssh")
+
+    def exec_(line: str) -> Decision:
+        return s.check(Command(protocol="ssh", target="web-1", kind="exec", text=line))
+
+    d = exec_("rm -rf /var/lib")
+    assert d.action == "deny" and d.rule == "no-rm"
+    assert d.message == ('wiregate: blocked by rule "no-rm": commands matching "rm -rf *" '
+                         'are not allowed on target "web-1"')
+    for line in ("rm  -rf   /", "  rm -rf /  ", "ls; rm -rf /", "true && rm -rf /", "echo $(rm -rf /)",
+                 "ls | rm -rf /", '"rm" -rf /', "r\\m -rf /", "shutdown -h now", "ls\nrm -rf /"):
+        assert exec_(line).action == "deny", line
+    for line in ("ls -la", "rm file.txt", "echo 'rm' is a command"):
+        assert exec_(line).allowed, line
+    # SQL rules never match a command, command rules never match SQL
+    assert s.check_sql("DROP TABLE t").allowed
+    assert exec_("DROP TABLE t").allowed
+
+
+def test_allow_command_requires_a_simple_command() -> None:
+    cfg = config(rule("ls-only", "allow", match={"command": ["ls *", "ls"]}), default="deny")
+    s = session(cfg, target="web-1", protocol="ssh")
+
+    def exec_(line: str) -> Decision:
+        return s.check(Command(protocol="ssh", target="web-1", kind="exec", text=line))
+
+    assert exec_("ls").allowed
+    assert exec_("ls   -la /tmp").allowed
+    for line in ("ls; rm -rf /", "ls && rm -rf /", "ls $(rm -rf /)", "ls `id`", "ls > /etc/x", "ls 'unterminated"):
+        assert exec_(line).action == "deny", line
+
+
+def test_tool_globs() -> None:
+    s = session(config(*SPEC_RULES), target="tools", protocol="http")
+
+    def tool(name: str) -> Decision:
+        return s.check(Command(protocol="http", target="tools", kind="tool", text=name))
+
+    d = tool("delete_user")
+    assert d.action == "deny"
+    assert d.message == ('wiregate: blocked by rule "no-delete-tools": tool "delete_user" '
+                         'is not allowed on target "tools"')
+    assert tool("list_users").allowed
+    assert tool("Delete_user").allowed  # tool names are case-sensitive
+    assert s.check(Command(protocol="http", target="tools", kind="exec", text="delete_x")).allowed
+
+
+def test_check_dispatches_sql_commands() -> None:
+    s = session(config(*SPEC_RULES))
+    d = s.check(Command(protocol="postgres", target="prod-db", kind="sql", text="DROP TABLE t"))
+    assert d.rule == "no-destructive-sql"
+
+
+def test_decisions_are_cached_per_session() -> None:
+    s = session(config(*SPEC_RULES))
+    assert s.check_sql("DROP TABLE a") is s.check_sql("DROP TABLE b")
+    assert s.check_sql("SELECT 1") is s.check_sql("SELECT 2")
+
+
+# ---- configuration errors -------------------------------------------------------------------
+
+@pytest.mark.parametrize("match", [
+    {"tables": ["users"]},
+    {"functions": ["pg_*"]},
+    {"http": HttpMatch(method=["DELETE"])},
+    {"sql": ["DELETE"], "tables": ["users"]},
+])
+def test_unsupported_match_keys_are_rejected(match: dict) -> None:
+    key = next(k for k in ("tables", "functions", "http") if k in match)
+    with pytest.raises(ConfigError) as exc:
+        PolicyEngine(config(rule("ok"), rule("x", match=match)))
+    assert exc.value.errors == [f"rules[1].match.{key}: not supported yet"]
+
+
+def test_other_rule_errors_are_collected() -> None:
+    with pytest.raises(ConfigError) as exc:
+        PolicyEngine(config(
+            rule("a", match={"sql": ["DROPP", "DROP"]}),
+            rule("b", match={"text": ["(unclosed"]}),
+            rule("c", match={}),
+        ))
+    errors = exc.value.errors
+    assert errors[0] == "rules[0].match.sql[0]: unknown statement kind 'DROPP' (see docs/policy.md)"
+    assert errors[1].startswith("rules[1].match.text[0]: invalid regular expression")
+    assert errors[2] == "rules[2].match: empty; leave `match` out to match every command"
+    assert len(errors) == 3
+
+
+# ---- policy test CLI ------------------------------------------------------------------------
+
+TARGETS = [
+    Target(name="prod-db", protocol="postgres", allow_groups=["dev"]),
+    Target(name="web-1", protocol="ssh", allow_groups=["sre"]),
+    Target(name="tools", protocol="http", allow_groups=["agents"]),
+]
+
+
+def run_cli(**kw) -> tuple[int, str]:
+    out = io.StringIO()
+    cfg = kw.pop("cfg", config(*SPEC_RULES, targets=TARGETS))
+    kw.setdefault("name", "alice")
+    kw.setdefault("groups", ["dev"])
+    code = policy_test(cfg, out=out, **kw)
+    return code, out.getvalue()
+
+
+def test_cli_deny() -> None:
+    code, out = run_cli(target="prod-db", sql="DROP TABLE users")
+    assert code == 0
+    assert out.splitlines() == [
+        'deny  rule=no-destructive-sql  wiregate: blocked by rule "no-destructive-sql": '
+        'DROP statements are not allowed on target "prod-db"',
+        "statements: 1  kinds: DROP, DROP TABLE",
+    ]
+
+
+def test_cli_default_allow_and_parse_error() -> None:
+    code, out = run_cli(target="prod-db", sql="SELECT 1")
+    assert code == 0 and out.splitlines()[0] == "allow  (no rule matched; policy default allow)"
+    code, out = run_cli(target="prod-db", sql="SELEC 1")
+    assert code == 0 and out.startswith("deny  (statement does not parse; refused)")
+    assert 'parse error: syntax error at or near "SELEC" at character 1' in out
+
+
+def test_cli_command_tool_and_group_note() -> None:
+    code, out = run_cli(target="web-1", command="ls; rm -rf /", groups=["sre"])
+    assert code == 0 and out.startswith("deny  rule=no-rm  ")
+    assert "note:" not in out
+    code, out = run_cli(target="tools", tool="delete_user", groups=[])
+    assert code == 0 and out.startswith("deny  rule=no-delete-tools  ")
+    assert "note: [no groups] matches none of allow_groups [agents]" in out
+
+
+def test_cli_usage_errors() -> None:
+    with pytest.raises(WiregateError, match='unknown target "nope" \\(targets: prod-db, web-1, tools\\)'):
+        run_cli(target="nope", sql="SELECT 1")
+    with pytest.raises(WiregateError, match="exactly one"):
+        run_cli(target="prod-db", sql="SELECT 1", command="ls")
+
+
+# ---- cost --------------------------------------------------------------------------------------
+
+def test_check_sql_hot_path_is_fast() -> None:
+    # generous bounds (shared CI machines); docs/policy.md has the measured figures
+    s = session(config(*SPEC_RULES))
+    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 1;"
+    s.check_sql(sql)
+    n = 20000
+    per_call = timeit.timeit(lambda: s.check_sql(sql), number=n) / n
+    assert per_call < 20e-6
