@@ -81,8 +81,6 @@ class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
 
 def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
     where = f"rules[{i}]"
-    if rule.action == "mask":
-        return None  # masking rules shape results, they never decide
     m = rule.match
     base = dict(
         index=i,
@@ -93,7 +91,8 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
         groups=GlobSet(rule.groups),
         except_groups=GlobSet(rule.except_groups),
     )
-    if m is None:
+    if m is None or rule.action == "mask":
+        # masking rules shape results, they never decide; only who they apply to matters here
         return CompiledRule(match_all=True, **base)
     for key in _UNSUPPORTED_KEYS:
         if getattr(m, key):
@@ -132,15 +131,18 @@ class PolicyEngine:
         rules = [_compile_rule(i, r, errors) for i, r in enumerate(cfg.rules)]
         if errors:
             raise ConfigError(errors)
-        self.rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None)
+        self.rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None and r.action != "mask")
+        self.mask_rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None and r.action == "mask")
         self.default: Literal["allow", "deny"] = cfg.policy.default
         # pass the previous engine's analyzer on reload to keep its cache warm
         self.analyzer = analyzer if analyzer is not None else SqlAnalyzer()
 
     def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str]) -> SessionPolicy:
         rules = tuple(r for r in self.rules if r.applies_to(target, groups))
+        masks = tuple(r.name for r in self.mask_rules if r.applies_to(target, groups))
         return SessionPolicy(
-            engine=self, protocol=protocol, target=target, identity=identity, groups=tuple(groups), rules=rules
+            engine=self, protocol=protocol, target=target, identity=identity, groups=tuple(groups), rules=rules,
+            mask_rules=masks,
         )
 
 
@@ -148,19 +150,21 @@ class SessionPolicy:
     """The rules that apply to one caller on one target, and the decisions they make."""
 
     __slots__ = (
-        "protocol", "target", "identity", "groups", "rules", "default", "inspects_sql",
+        "protocol", "target", "identity", "groups", "rules", "mask_rules", "default", "inspects_sql",
         "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_backslash_unsafe",
     )
 
     def __init__(
         self, *, engine: PolicyEngine, protocol: str, target: str, identity: str,
-        groups: tuple[str, ...], rules: tuple[CompiledRule, ...],
+        groups: tuple[str, ...], rules: tuple[CompiledRule, ...], mask_rules: tuple[str, ...] = (),
     ):
         self.protocol = protocol
         self.target = target
         self.identity = identity
         self.groups = groups
         self.rules = rules
+        # names of the mask rules that apply to this caller on this target
+        self.mask_rules = mask_rules
         self.default = engine.default
         self._analyze = engine.analyzer.analyze
         self._sql_rules = tuple(r for r in rules if r.can_match_sql)

@@ -317,6 +317,11 @@ class PostgresSession:
         self.identity, self.target = identity, target
         self.policy = self.listener.policy.session(protocol="postgres", target=target.name,
                                                    identity=identity.name, groups=identity.groups)
+        if self.policy.mask_rules:
+            # masking arrives with the policy issue; until then refuse rather than show unmasked data
+            raise _Refused("0A000", f'wiregate: rule "{self.policy.mask_rules[0]}" masks results on target '
+                           f'"{target.name}", and this gateway cannot mask yet: the session is refused rather than '
+                           "returning unmasked data")
         forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
         await self._connect_upstream(target, forwarded)
 

@@ -148,3 +148,16 @@ def test_upstream_down_is_a_clear_error(pg, tmp_path):
         assert 'cannot reach target "t"' in str(err)
     finally:
         g.stop()
+
+
+def test_session_with_mask_rules_is_refused_until_masking_exists(pg, tmp_path):
+    g = GatewayProcess(tmp_path, targets=[pg_target("t", pg, allow_groups=["dev", "ops"])], env={PW_ENV: pg.app_password},
+                       rules=[{"name": "mask-pii", "action": "mask", "columns": ["*.ssn"], "groups": ["dev"]}]).start()
+    try:
+        err = connect_error(g.dsn("alice", g.token("alice", ["dev"]), "t"))
+        assert 'rule "mask-pii" masks results' in str(err)
+        # a caller no mask rule applies to is served
+        with psycopg.connect(g.dsn("bob", g.token("bob", ["ops"]), "t")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        g.stop()

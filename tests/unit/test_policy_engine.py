@@ -402,3 +402,11 @@ def test_check_sql_hot_path_is_fast() -> None:
     n = 20000
     per_call = timeit.timeit(lambda: s.check_sql(sql), number=n) / n
     assert per_call < 20e-6
+
+
+def test_session_knows_which_mask_rules_apply() -> None:
+    cfg = config(rule("m", "mask", columns=["*.ssn"], groups=["dev"]),
+                 rule("n", "mask", detectors=["email"], targets=["prod-*"]))
+    engine = PolicyEngine(cfg)
+    assert engine.session(protocol="postgres", target="prod-db", identity="a", groups=["dev"]).mask_rules == ("m", "n")
+    assert engine.session(protocol="postgres", target="stage", identity="a", groups=["ops"]).mask_rules == ()
