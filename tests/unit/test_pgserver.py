@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -138,3 +143,52 @@ def test_taken_port_fails_with_log_tail():
             pg.start()
         assert "could not bind" in str(exc.value) or "in use" in str(exc.value)
         assert pg.root_dir is not None and not pg.root_dir.exists()
+
+
+def test_demo_config_is_valid(tmp_path):
+    from gateway.config import load_config
+    from gateway.demo import DEMO_PASSWORD_ENV, demo_config
+
+    path = tmp_path / "wiregate.toml"
+    path.write_text(demo_config(state_dir=tmp_path / "state", port=15432, pg_port=5432))
+    cfg = load_config(path)
+    assert cfg.listen.postgres == "127.0.0.1:15432"
+    assert cfg.identity.dev_tokens
+    [target] = cfg.targets
+    assert (target.name, target.password_env, target.allow_groups) == ("demo", DEMO_PASSWORD_ENV, ["dev"])
+    assert [r.action for r in cfg.rules] == ["deny"] and cfg.policy.default == "allow"
+
+
+def test_demo_end_to_end(tmp_path):
+    """`wiregate demo`: banner with a working psql URL, DROP blocked, SIGINT cleans everything up."""
+    port = free_port()
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", str(port)],
+                                stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r'psql "(postgresql://demo:[^"]+)"', out.read_text())
+            if m:
+                url = m.group(1)
+                break
+            time.sleep(0.2)
+        assert url, f"no banner; stderr:\n{err.read_text()}"
+        assert url.endswith(f"@127.0.0.1:{port}/demo?sslmode=require")
+        tmpdir = re.search(r"config\s+(\S+)/wiregate.toml", out.read_text()).group(1)
+        ok = subprocess.run(["psql", url, "-XAtc", "SELECT count(*) FROM customers"], capture_output=True,
+                            text=True, timeout=30)
+        assert (ok.returncode, ok.stdout.strip()) == (0, "200"), ok.stderr
+        blocked = subprocess.run(["psql", url, "-XAtc", "DROP TABLE customers"], capture_output=True, text=True,
+                                 timeout=30)
+        assert blocked.returncode != 0 and 'blocked by rule "no-destructive-sql"' in blocked.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, err.read_text()
+        assert not os.path.exists(tmpdir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
