@@ -20,7 +20,6 @@ starts a server stops it, ideally with ``with``.
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
 import os
 import pwd
 import random
@@ -37,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from gateway.errors import WiregateError
+from gateway.tls import self_signed_pem
 
 __all__ = [
     "AUTH_METHODS",
@@ -161,46 +161,6 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _self_signed_cert(cn: str = "localhost") -> tuple[bytes, bytes]:
-    """(certificate PEM, private key PEM): self-signed, CN=localhost, SAN localhost/127.0.0.1/::1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "wiregate throwaway PostgreSQL")])
-    now = _dt.datetime.now(_dt.timezone.utc)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(hours=1))
-        .not_valid_after(now + _dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]), critical=False)
-        # self-signed: the certificate is its own trust anchor (sslrootcert=server.crt)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 # --------------------------------------------------------------------------- the server
 
 
@@ -314,7 +274,7 @@ class ThrowawayPostgres:
 
         self._write_hba()
         if self.ssl:
-            cert, key = _self_signed_cert()
+            cert, key = self_signed_pem("localhost", ["localhost", "127.0.0.1", "::1"], "wiregate throwaway PostgreSQL")
             self.cert_file = self.data_dir / "server.crt"
             key_file = self.data_dir / "server.key"
             self.cert_file.write_bytes(cert)

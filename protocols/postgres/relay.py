@@ -31,6 +31,19 @@ MAX_PENDING_REFUSALS = 256
 Check = Callable[[int, bytes], "bytes | None"]
 
 
+def _emit(data: bytes, start: int, stop: int, out: list[bytes] | None) -> bytes:
+    """What a feed forwards: the pieces in ``out``, then ``data[start:stop]``.
+
+    ``stop`` is where held-back bytes begin (or the end of ``data``); without
+    pieces, ``start`` is 0 and the common case returns ``data`` itself, uncopied.
+    """
+    if out is None:
+        return data if stop == len(data) else data[:stop]
+    if stop > start:
+        out.append(data[start:stop])
+    return b"".join(out)
+
+
 class Refusals:
     """Errors owed to the client, keyed by the marker the upstream will echo back."""
 
@@ -144,16 +157,7 @@ class FrontendStream:
                 pos = n
                 break
             pos = end
-        if out is None:
-            if self._held:
-                return data[:pos]
-            return data
-        if self._held:
-            if pos > start:
-                out.append(data[start:pos])
-        elif n > start:
-            out.append(data[start:])
-        return b"".join(out)
+        return _emit(data, start, pos, out)
 
 
 class BackendStream:
@@ -217,16 +221,7 @@ class BackendStream:
                 pos = n
                 break
             pos = end
-        if out is None:
-            if self._held:
-                return data[:pos]
-            return data
-        if self._held:
-            if pos > start:
-                out.append(data[start:pos])
-        elif n > start:
-            out.append(data[start:])
-        return b"".join(out)
+        return _emit(data, start, pos, out)
 
     def _parameter_status(self, body: bytes) -> None:
         name, pos = codec.split_cstr(body, 0)

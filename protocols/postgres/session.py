@@ -61,15 +61,17 @@ class _Refused(Exception):
 class _Inbox:
     """Bytes a side received before the relay takes over, read by the start-up coroutine."""
 
-    __slots__ = ("buf", "eof", "_waiter")
+    __slots__ = ("buf", "eof", "seen", "_waiter")
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.eof = False
+        self.seen = False  # whether any byte ever arrived
         self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         self.buf += data
+        self.seen = True
         self._wake()
 
     def feed_eof(self) -> None:
@@ -119,9 +121,11 @@ class _Side(asyncio.Protocol):
         self.inbox = _Inbox()
         self.relay = None  # FrontendStream or BackendStream once relaying
         self.peer: "_Side | None" = None
+        self.peername: object = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peername = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
@@ -222,8 +226,7 @@ class PostgresSession:
     # ------------------------------------------------------------ start-up
 
     async def _startup(self) -> None:
-        transport = self.client.transport
-        peer = transport.get_extra_info("peername") if transport else None
+        peer = self.client.peername
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
@@ -236,7 +239,9 @@ class PostgresSession:
         except TimeoutError:
             self._refuse("08006", "wiregate: start-up took too long; the connection is closed")
         except (ConnectionError, ssl.SSLError, OSError) as e:
-            log.info("session %s ended during start-up: %s", self.client_addr, e)
+            # a connection that never sent a byte is a port probe (health check, load balancer)
+            level = logging.INFO if self.client.inbox.seen else logging.DEBUG
+            log.log(level, "session %s ended during start-up: %s", self.client_addr, e)
             self.close()
         except asyncio.CancelledError:
             self.close()

@@ -10,36 +10,9 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.demo import render_config
 from gateway.identity import issue_dev_token
 from gateway.pgserver import free_port
-
-
-def toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def render_config(sections: dict[str, dict], arrays: dict[str, list[dict]]) -> str:
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    for name, items in arrays.items():
-        for item in items:
-            lines.append(f"[[{name}]]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
-            lines.append("")
-    return "\n".join(lines)
 
 
 class GatewayProcess:

@@ -135,3 +135,16 @@ def test_slow_client_pauses_the_upstream_instead_of_buffering(gw, alice):
     assert total > 200_000_000 * 0.99
     s.close()
     still_serving(gw, alice)
+
+
+def test_upstream_terminated_ends_the_session_cleanly(gw, alice, pg):
+    conn = psycopg.connect(gw.dsn("alice", alice, "appdb"), autocommit=True)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    assert conn.info.backend_pid == pid  # the gateway hands out the upstream's pid
+    with psycopg.connect(pg.dsn(), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError) as e:
+        conn.execute("SELECT 1")
+    assert "terminat" in str(e.value)
+    conn.close()
+    still_serving(gw, alice)

@@ -246,3 +246,12 @@ def test_md5_and_cleartext():
         UpstreamAuth("app", None, SaltedPasswordCache()).step(3, b"")
     with pytest.raises(UpstreamAuthError):
         UpstreamAuth("app", "pw", SaltedPasswordCache()).step(7, b"")  # GSS
+
+
+def test_loopback_detection_for_cleartext_tokens():
+    from protocols.postgres.session import _is_loopback
+
+    assert _is_loopback(("127.0.0.1", 5000)) and _is_loopback(("127.8.9.1", 1)) and _is_loopback(("::1", 1, 0, 0))
+    assert _is_loopback("/tmp/.s.PGSQL.5432") and _is_loopback(None)  # unix sockets
+    assert not _is_loopback(("10.0.0.5", 5000)) and not _is_loopback(("2001:db8::1", 1, 0, 0))
+    assert not _is_loopback(("::ffff:10.0.0.5", 1, 0, 0)) and not _is_loopback(("not-an-ip", 1))
