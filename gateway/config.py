@@ -277,6 +277,10 @@ def check_config(path: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) for a config file, for `wiregate check`."""
     try:
         cfg = load_config(path)
+        # the rules compile as `serve` would compile them (statement kinds, regexes, match keys)
+        from policy.engine import PolicyEngine
+
+        PolicyEngine(cfg)
     except ConfigError as e:
         return list(e.errors), []
     return [], config_warnings(cfg)

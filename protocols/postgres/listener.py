@@ -46,8 +46,7 @@ class PostgresListener:
     def _new_session(self) -> asyncio.Protocol:
         session = PostgresSession(self)
         self.sessions.add(session)
-        session.start()
-        return session.client_protocol()
+        return session.client_protocol()  # its connection_made starts the session
 
     def session_closed(self, session: PostgresSession) -> None:
         self.sessions.discard(session)

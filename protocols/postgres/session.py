@@ -126,6 +126,8 @@ class _Side(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peername = transport.get_extra_info("peername")
+        if self is self.session.client:
+            self.session.start()
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay

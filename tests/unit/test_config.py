@@ -741,3 +741,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         assert "Traceback" not in proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert lines and len(lines) <= 2, proc.stderr
+
+
+def test_check_compiles_the_rules_as_serve_does(tmp_path):
+    path = tmp_path / "wiregate.toml"
+    path.write_text('[[rules]]\nname = "r"\naction = "deny"\nmatch = { sql = ["DROPP"] }\n')
+    errors, _ = check_config(path)
+    assert any(e.startswith("rules[0].match.sql[0]: unknown statement kind") for e in errors)
