@@ -161,3 +161,24 @@ def test_session_with_mask_rules_is_refused_until_masking_exists(pg, tmp_path):
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         g.stop()
+
+
+def test_upstream_verify_full_checks_the_certificate(pg, tmp_path):
+    from gateway.tls import write_self_signed
+
+    good = pg_target("good", pg, tls="verify-full")
+    good["tls_ca_file"] = str(pg.cert_file)
+    other_ca = tmp_path / "other.crt"
+    write_self_signed(other_ca, tmp_path / "other.key", "someone-else", ["127.0.0.1"])
+    bad = pg_target("bad", pg, tls="verify-full")
+    bad["tls_ca_file"] = str(other_ca)
+    g = GatewayProcess(tmp_path / "gw", targets=[good, bad], env={PW_ENV: pg.app_password}).start()
+    try:
+        token = g.token("alice", ["dev"])
+        with psycopg.connect(g.dsn("alice", token, "good")) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        err = connect_error(g.dsn("alice", token, "bad"))
+        assert 'cannot reach target "bad"' in str(err)
+        assert "CERTIFICATE_VERIFY_FAILED" in g.log() or "certificate verify failed" in g.log()
+    finally:
+        g.stop()
