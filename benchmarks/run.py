@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import log_tail, render_config, start_gateway, stop_process, wait_listening
+from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
-from gateway.pgserver import ThrowawayPostgres, free_port
+from gateway.pgserver import ThrowawayPostgres, free_port, log_tail
 
 SYSTEMS = ("direct", "pgbouncer", "gateway")
 BENCH_USER = "bench"

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.errors import WiregateError
+from gateway.pgserver import log_tail
 
 DEMO_TARGET = "demo"
 DEMO_USER = "demo"
@@ -88,14 +89,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no output)"
-    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
 def start_gateway(config_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:

@@ -153,7 +153,8 @@ def _reachable_by(path: Path, uid: int, gid: int) -> bool:
     return True
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for error messages."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -293,7 +294,7 @@ class ThrowawayPostgres:
             ok, why = self._pg_ctl_start()
             if ok:
                 break
-            log = _tail(self.log_file)
+            log = log_tail(self.log_file)
             port_taken = "could not bind" in log or "Address already in use" in log
             if not port_taken or attempt == attempts - 1:
                 raise PgServerError(f"PostgreSQL did not start ({why}); log {self.log_file}:\n{log}")

@@ -162,7 +162,10 @@ class FrontendStream:
 
 class BackendStream:
     """Upstream → client. Passes bytes through, tracking message boundaries,
-    the transaction status and the session parameters the server reports."""
+    the transaction status and the session parameters the server reports.
+
+    The framing loop is written out in both streams on purpose: a function call
+    per message costs more than the loop body on this path."""
 
     __slots__ = ("_refusals", "_held", "_remaining", "status", "parameters", "on_parameter")
 
