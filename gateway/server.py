@@ -14,6 +14,7 @@ from gateway.errors import WiregateError
 from gateway.identity import Authenticator
 from gateway.tls import server_context
 from policy.engine import PolicyEngine
+from policy.masking import load_or_create_key
 
 log = logging.getLogger("wiregate")
 
@@ -42,7 +43,8 @@ async def _serve(cfg: Config) -> int:
     state_dir = Path(cfg.gateway.state_dir)
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     authenticator = Authenticator(cfg)
-    policy = PolicyEngine(cfg)
+    # the `hash` mask style's key: stable across restarts so hashed values stay comparable
+    policy = PolicyEngine(cfg, mask_key=load_or_create_key(state_dir / "keys" / "mask_hmac.key"))
     from protocols.postgres.listener import PostgresListener
 
     server_ssl = server_context(state_dir, cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)

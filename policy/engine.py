@@ -15,21 +15,23 @@ Semantics are documented in docs/policy.md; the short version:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import secrets
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import msgspec
 
 from gateway.config import Config, Rule
 from gateway.errors import ConfigError
-from policy.glob import GlobSet, command_candidates, simple_command
+from policy.maskrules import MaskRule, MaskSet, compile_mask_rule
+from policy.glob import GlobSet, NameGlobs, Where, command_candidates, simple_command
 from policy.model import ALLOW, Command, Decision
-from policy.sql import KNOWN_KINDS, SqlAnalysis, SqlAnalyzer, normalize_kind, verb_of
+from policy.sql import RESET_PATH, KNOWN_KINDS, search_path_effects, SqlAnalysis, SqlAnalyzer, normalize_kind, verb_of
 
 __all__ = ["PolicyEngine", "SessionPolicy", "CompiledRule"]
 
 # match keys a later version enforces; a rule using one is refused rather than silently inert
-_UNSUPPORTED_KEYS = ("tables", "functions", "http")
+_UNSUPPORTED_KEYS = ("http",)
 # per-session decision caches are cleared when they reach this many entries: the key space is
 # caller-controlled (kind combinations, texts), memory must not be
 _SESSION_CACHE_MAX = 1024
@@ -65,6 +67,8 @@ class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
     text: tuple[re.Pattern[str], ...] = ()
     command: GlobSet | None = None
     tool: GlobSet | None = None
+    tables: NameGlobs | None = None
+    functions: NameGlobs | None = None
 
     @property
     def can_match_sql(self) -> bool:
@@ -107,6 +111,10 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
         elif kind not in sql:
             sql.append(kind)
     text: list[re.Pattern[str]] = []
+    for key in ("tables", "functions"):
+        for j, pattern in enumerate(getattr(m, key)):
+            if not pattern or pattern.startswith(".") or pattern.endswith("."):
+                errors.append(f"{where}.match.{key}[{j}]: {pattern!r} is not a name glob (name or schema.name)")
     for j, pattern in enumerate(m.text):
         try:
             text.append(re.compile(pattern, re.IGNORECASE))
@@ -119,6 +127,8 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
         text=tuple(text),
         command=GlobSet(m.command) if m.command else None,
         tool=GlobSet(m.tool) if m.tool else None,
+        tables=NameGlobs(m.tables) if m.tables else None,
+        functions=NameGlobs(m.functions) if m.functions else None,
         **base,
     )
 
@@ -126,11 +136,15 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
 class PolicyEngine:
     """The compiled rules of one configuration. Build a new one on reload."""
 
-    def __init__(self, cfg: Config, *, analyzer: SqlAnalyzer | None = None):
+    def __init__(self, cfg: Config, *, analyzer: SqlAnalyzer | None = None, mask_key: bytes | None = None):
         errors: list[str] = []
         rules = [_compile_rule(i, r, errors) for i, r in enumerate(cfg.rules)]
+        masks = {i: compile_mask_rule(i, r, errors) for i, r in enumerate(cfg.rules) if r.action == "mask"}
         if errors:
             raise ConfigError(errors)
+        self._masks: dict[int, MaskRule] = masks
+        # the `hash` style's HMAC key: the server passes the one kept in its state dir
+        self.mask_key = mask_key if mask_key is not None else secrets.token_bytes(32)
         self.rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None and r.action != "mask")
         self.mask_rules: tuple[CompiledRule, ...] = tuple(r for r in rules if r is not None and r.action == "mask")
         self.default: Literal["allow", "deny"] = cfg.policy.default
@@ -139,10 +153,10 @@ class PolicyEngine:
 
     def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str]) -> SessionPolicy:
         rules = tuple(r for r in self.rules if r.applies_to(target, groups))
-        masks = tuple(r.name for r in self.mask_rules if r.applies_to(target, groups))
+        masks = [self._masks[r.index] for r in self.mask_rules if r.applies_to(target, groups)]
         return SessionPolicy(
             engine=self, protocol=protocol, target=target, identity=identity, groups=tuple(groups), rules=rules,
-            mask_rules=masks,
+            masks=MaskSet(masks, self.mask_key),
         )
 
 
@@ -150,32 +164,45 @@ class SessionPolicy:
     """The rules that apply to one caller on one target, and the decisions they make."""
 
     __slots__ = (
-        "protocol", "target", "identity", "groups", "rules", "mask_rules", "default", "inspects_sql",
-        "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_backslash_unsafe",
+        "protocol", "target", "identity", "groups", "rules", "mask_rules", "masks", "default", "inspects_sql",
+        "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_name_sensitive",
+        "_backslash_unsafe", "_where_table", "_where_function", "search_path", "_initial_path", "_catalog",
+        "_in_txn",
     )
 
     def __init__(
         self, *, engine: PolicyEngine, protocol: str, target: str, identity: str,
-        groups: tuple[str, ...], rules: tuple[CompiledRule, ...], mask_rules: tuple[str, ...] = (),
+        groups: tuple[str, ...], rules: tuple[CompiledRule, ...], masks: MaskSet | None = None,
     ):
         self.protocol = protocol
         self.target = target
         self.identity = identity
         self.groups = groups
         self.rules = rules
-        # names of the mask rules that apply to this caller on this target
-        self.mask_rules = mask_rules
+        # the mask rules that apply to this caller on this target, and their names
+        self.masks = masks if masks is not None else MaskSet((), engine.mask_key)
+        self.mask_rules = self.masks.names()
         self.default = engine.default
         self._analyze = engine.analyzer.analyze
         self._sql_rules = tuple(r for r in rules if r.can_match_sql)
         self.inspects_sql = _could_refuse_sql(self._sql_rules, self.default)
         # decisions depend on the statement kinds only, unless a text regex may decide
         self._text_sensitive = any(r.text for r in self._sql_rules)
-        self._by_leaves: dict[frozenset[str], Decision] = {}
+        # ... or the tables and functions, when a rule names some
+        self._name_sensitive = any(r.tables is not None or r.functions is not None for r in self._sql_rules)
+        self._by_leaves: dict[tuple, Decision] = {}
         self._by_text: dict[str, Decision] = {}
         # the analyser reads string literals as PostgreSQL does with standard_conforming_strings
         # on; with it off, a backslash changes where a literal ends (see set_server_parameter)
         self._backslash_unsafe = False
+        # where unqualified names resolve (see set_catalog): the catalog's answer for the names it
+        # holds, the search path for the others; None when the path is not known
+        self._catalog: tuple[Where, Where] | None = None
+        self._in_txn = False  # inside BEGIN ... COMMIT, as far as the statements tell
+        self._initial_path: tuple[str, ...] | None = _DEFAULT_PATH
+        self.search_path: tuple[str, ...] | None = _DEFAULT_PATH
+        self._where_table: Where = _default_table_schemas
+        self._where_function: Where = _default_function_schemas
 
     # -- SQL ------------------------------------------------------------------------------
     def check_sql(self, sql: str) -> Decision:
@@ -184,6 +211,13 @@ class SessionPolicy:
         analysis = self._analyze(sql)
         if analysis.error is not None:
             return self._unparsable(analysis)
+        if self._name_sensitive and not _PATH_AND_TXN.isdisjoint(analysis.leaves):
+            after = self._follow_search_path(sql, analysis)
+            if after is not _SAME:
+                decision = self._decide_sql(analysis, sql)  # with either path possible, uncached
+                self.search_path = after  # type: ignore[assignment]
+                self._place()
+                return decision
         if self._text_sensitive:
             cached = self._by_text.get(sql)
             if cached is None:
@@ -191,11 +225,77 @@ class SessionPolicy:
                 if len(sql) <= _TEXT_KEY_MAX:
                     _remember(self._by_text, sql, cached)
             return cached
-        cached = self._by_leaves.get(analysis.leaves)
+        if self._name_sensitive:
+            key: tuple = (analysis.leaves, analysis.undecidable, analysis.tables, analysis.functions)
+        else:
+            key = (analysis.leaves, analysis.undecidable)
+        cached = self._by_leaves.get(key)
         if cached is None:
             cached = self._decide_sql(analysis, sql)
-            _remember(self._by_leaves, analysis.leaves, cached)
+            _remember(self._by_leaves, key, cached)
         return cached
+
+    def set_catalog(self, tables: Where, functions: Where, search_path: tuple[str, ...]) -> None:
+        """Place unqualified names with the target's catalog (see ``NameGlobs``).
+
+        ``tables(name)`` / ``functions(name)`` give the schemas that hold an object of that name;
+        a name the catalog does not hold (created since) may be in any schema of the session's
+        search path, which starts as ``search_path`` and follows SET / RESET search_path.
+        Without a catalog (a dry run), names are placed as PostgreSQL's default search path
+        would: ``public``, and ``pg_catalog`` for ``pg_*`` relations and for functions.
+        Decisions cached so far are dropped.
+        """
+        self._catalog = (tables, functions)
+        self._initial_path = self.search_path = tuple(s for s in search_path if s != "pg_catalog")
+        self._place()
+
+    def _place(self) -> None:
+        self._by_leaves.clear()
+        self._by_text.clear()
+        if self._catalog is None:
+            if self.search_path == _DEFAULT_PATH:
+                self._where_table, self._where_function = _default_table_schemas, _default_function_schemas
+                return
+            self._catalog = (_nowhere, _nowhere)  # a dry run whose path changed: only the path places names
+        path = frozenset(self.search_path) if self.search_path is not None else None
+        tables, functions = self._catalog
+
+        def where_table(name: str) -> Collection[str] | None:
+            return tables(name) or path
+
+        def where_function(name: str) -> Collection[str] | None:
+            return functions(name) or path
+
+        self._where_table, self._where_function = where_table, where_function
+
+    def _follow_search_path(self, sql: str, analysis: SqlAnalysis) -> object:
+        """The search path after this string (``_SAME`` when unchanged). Until the string is
+        decided, names are placed with the old and the new path both possible."""
+        leaves = analysis.leaves
+        in_txn = self._in_txn or "BEGIN" in leaves
+        if not leaves.isdisjoint(_TXN_ENDS):
+            self._in_txn = "BEGIN" in leaves and not self._in_txn  # roughly: BEGIN; ... COMMIT in one string ends it
+        elif "BEGIN" in leaves:
+            self._in_txn = True
+        if _PATH_CHANGES.isdisjoint(leaves):
+            return _SAME
+        before = self.search_path
+        path = before
+        effects = search_path_effects(sql)
+        for effect in effects:
+            path = self._initial_path if effect == RESET_PATH else effect  # type: ignore[assignment]
+        if "SET SEARCH_PATH" in leaves and (analysis.literal_sensitive or not effects or None in effects):
+            path = None  # set where the gateway cannot read it (a body, set_config)
+        if path is not None and before is not None and in_txn:
+            # a ROLLBACK may undo it: until then, either path is possible
+            path = tuple(dict.fromkeys(before + path))
+        if path == before:
+            return _SAME
+        self.search_path = None if path is None or before is None else tuple(dict.fromkeys(before + path))
+        self._place()
+        return path
+        self._by_leaves.clear()
+        self._by_text.clear()
 
     def set_server_parameter(self, name: str, value: str) -> None:
         """Follow a server ParameterStatus, for a protocol that does not track it itself.
@@ -207,6 +307,11 @@ class SessionPolicy:
         """
         if name == "standard_conforming_strings":
             self._backslash_unsafe = value.strip().lower() not in ("on", "true", "1", "yes")
+
+    @property
+    def needs_catalog(self) -> bool:
+        """Whether decisions or masking depend on the target's catalog (see ``set_catalog``)."""
+        return bool(self.masks) or self._name_sensitive
 
     def analyze(self, sql: str) -> SqlAnalysis:
         """The (cached) analysis behind ``check_sql``, for callers that want the kinds."""
@@ -225,12 +330,51 @@ class SessionPolicy:
         kinds = tuple(sorted(analysis.kinds))
         if analysis.empty:
             return Decision(action="allow", kinds=kinds)
+        hidden = analysis.undecidable
         for rule in self._sql_rules:
-            hit = _sql_hit(rule, analysis, sql)
-            if hit is not None:
-                subject = (f"{_join(hit)} statements", True) if hit else ("this statement", False)
+            subject = self._sql_hit(rule, analysis, sql)
+            if subject is not None:
                 return self._decision(rule, subject, kinds)
+            if hidden is not None and rule.action != "allow":
+                # SQL the analysis cannot see might be what this rule is about: fail closed
+                return self._decision(rule, ("", False), kinds, reason=f"{hidden}, and this rule could apply to it")
         return self._default(kinds, "statement")
+
+    def _sql_hit(self, rule: CompiledRule, analysis: SqlAnalysis, sql: str) -> tuple[str, bool] | None:
+        """None when the rule does not match; else the message subject (text, plural)."""
+        if rule.match_all:
+            return ("this statement", False)
+        allow = rule.action == "allow"
+        if allow and analysis.undecidable is not None:
+            return None  # an allow rule cannot cover SQL nobody can see
+        subject = ("this statement", False)
+        if rule.sql:
+            if allow:
+                # an allow rule must cover every statement found, nested ones included
+                entries = rule.sql_set
+                if not all(leaf in entries or verb_of(leaf) in entries for leaf in analysis.leaves):
+                    return None
+            else:
+                kinds = analysis.kinds
+                hit = tuple(k for k in rule.sql if k in kinds)
+                if not hit:
+                    return None
+                subject = (f"{_join(hit)} statements", True)
+        if rule.tables is not None:
+            found = _names_hit(rule.tables, analysis.tables, self._where_table, allow)
+            if found is None:
+                return None
+            if found:
+                subject = (f'access to "{found}"', False)
+        if rule.functions is not None:
+            found = _names_hit(rule.functions, analysis.functions, self._where_function, allow)
+            if found is None:
+                return None
+            if found:
+                subject = (f'calling "{found}"', False)
+        if rule.text and not any(p.search(sql) for p in rule.text):
+            return None
+        return subject
 
     # -- other command kinds ----------------------------------------------------------------
     def check(self, command: Command) -> Decision:
@@ -244,18 +388,19 @@ class SessionPolicy:
         return self._default((), noun)
 
     # -- decisions --------------------------------------------------------------------------
-    def _decision(self, rule: CompiledRule, subject: tuple[str, bool], kinds: tuple[str, ...]) -> Decision:
+    def _decision(self, rule: CompiledRule, subject: tuple[str, bool], kinds: tuple[str, ...],
+                  reason: str | None = None) -> Decision:
         """``subject`` is what the reason talks about, and whether it is plural."""
         if rule.action == "allow":
             return Decision(action="allow", rule=rule.name, kinds=kinds)
         what, plural = subject
         if rule.action == "deny":
             verb = "are not allowed" if plural else "is not allowed"
-            reason = rule.message or f"{what} {verb} on target \"{self.target}\""
+            reason = reason or rule.message or f"{what} {verb} on target \"{self.target}\""
             message = f"wiregate: blocked by rule \"{rule.name}\": {reason}"
         else:
             verb = "need approval" if plural else "needs approval"
-            reason = rule.message or f"{what} {verb} on target \"{self.target}\""
+            reason = reason or rule.message or f"{what} {verb} on target \"{self.target}\""
             message = f"wiregate: review required by rule \"{rule.name}\": {reason}"
         return Decision(action=rule.action, rule=rule.name, message=message, kinds=kinds)
 
@@ -278,25 +423,35 @@ def _could_refuse_sql(rules: tuple[CompiledRule, ...], default: str) -> bool:
     return default == "deny"
 
 
-def _sql_hit(rule: CompiledRule, analysis: SqlAnalysis, sql: str) -> tuple[str, ...] | None:
-    """None when the rule does not match; else the kind entries that matched (for the message)."""
-    if rule.match_all:
-        return ()
-    hit: tuple[str, ...] = ()
-    if rule.sql:
-        if rule.action == "allow":
-            # an allow rule must cover every statement found, nested ones included
-            entries = rule.sql_set
-            if not all(leaf in entries or verb_of(leaf) in entries for leaf in analysis.leaves):
-                return None
-        else:
-            kinds = analysis.kinds
-            hit = tuple(k for k in rule.sql if k in kinds)
-            if not hit:
-                return None
-    if rule.text and not any(p.search(sql) for p in rule.text):
-        return None
-    return hit
+def _default_table_schemas(name: str) -> frozenset[str]:
+    return _CATALOG_AND_PUBLIC if name.startswith("pg_") else _PUBLIC
+
+
+def _default_function_schemas(name: str) -> frozenset[str]:
+    return _CATALOG_AND_PUBLIC
+
+
+_PUBLIC = frozenset({"public"})
+_DEFAULT_PATH = ("public",)
+# kinds of statements that may change the session's search path (a bare RESET may be RESET ALL)
+_PATH_CHANGES = frozenset({"SET SEARCH_PATH", "RESET SEARCH_PATH", "RESET", "DISCARD"})
+_TXN_ENDS = frozenset({"COMMIT", "ROLLBACK", "PREPARE TRANSACTION"})
+_PATH_AND_TXN = _PATH_CHANGES | _TXN_ENDS | {"BEGIN"}
+_SAME = object()
+
+
+_CATALOG_AND_PUBLIC = frozenset({"pg_catalog", "public"})
+
+
+def _nowhere(name: str) -> None:
+    return None
+
+
+def _names_hit(globs: NameGlobs, names: frozenset[str], where: Where, allow: bool) -> str | None:
+    """Deny/review: the first name matched, or None. Allow: "" when every name (at least one) is covered."""
+    if allow:
+        return "" if names and globs.covers(names, where) else None
+    return globs.first_match(names, where)
 
 
 def _other_hit(rule: CompiledRule, command: Command) -> tuple[str, bool] | tuple[()] | None:
@@ -307,9 +462,24 @@ def _other_hit(rule: CompiledRule, command: Command) -> tuple[str, bool] | tuple
     """
     if rule.match_all:
         return ()
-    if rule.sql:
+    if rule.sql or rule.tables is not None:
         return None
     hit: tuple[str, bool] | tuple[()] = ()
+    if rule.functions is not None:
+        # a PostgreSQL fastpath call; text is the function's name when the protocol knows it
+        if command.kind != "function_call":
+            return None
+        if not command.text:
+            if rule.action == "allow":
+                return None
+            hit = ("a fastpath call of a function the gateway cannot name", False)
+        elif rule.action == "allow":
+            if not rule.functions.covers((command.text,)):
+                return None
+        elif rule.functions.first_match((command.text,)) is None:
+            return None
+        else:
+            hit = (f'calling "{command.text}"', False)
     if rule.command is not None:
         if command.kind != "exec":
             return None

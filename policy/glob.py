@@ -10,9 +10,11 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 EVERYONE = "*"
+# the schemas holding an object of a given name, from the catalog (None: unknown)
+Where = Callable[[str], "Collection[str] | None"]
 
 
 class GlobSet:
@@ -113,3 +115,93 @@ def simple_command(line: str) -> str | None:
     if unq is None:
         return None
     return normalize_command(unq)
+
+
+class NameGlobs:
+    """Globs on relation or function names as the SQL analysis reports them.
+
+    A reference is ``schema.name`` when written qualified, else ``name``; a part that itself
+    holds a dot or a double quote is written quoted (``"my.table"``), so the split is never
+    ambiguous. A pattern without a dot matches the name in any schema; ``schema.name``
+    matches a qualified reference when both parts match.
+
+    An unqualified reference lives in whichever schema of the session's search_path holds
+    that name first, which the gateway does not see. ``where(name)`` answers from the
+    catalog with the schemas that hold an object of that name (None: no catalog). For deny
+    and review (``matches``) the reference matches when the pattern's schema part matches one
+    of them, or by name alone when the catalog has no answer. For allow (``covers``) every
+    such schema must match, and without an answer only a pattern whose schema part is ``*``
+    covers it. Matching is case-sensitive: PostgreSQL has already folded unquoted
+    identifiers to lower case.
+    """
+
+    __slots__ = ("patterns", "_split")
+
+    def __init__(self, patterns: Sequence[str]):
+        self.patterns = tuple(patterns)
+        split: list[tuple[str | None, str]] = []
+        for p in self.patterns:
+            schema, dot, name = p.partition(".")
+            split.append((schema, name) if dot else (None, p))
+        self._split = tuple(split)
+
+    def _matches(self, ref: str, where: Where | None, *, covering: bool) -> bool:
+        schema, name = split_qualified(ref)
+        candidates = where(name) if schema is None and where is not None else None
+        for ps, pn in self._split:
+            if not fnmatch.fnmatchcase(name, pn):
+                continue
+            if ps is None:
+                return True
+            if schema is not None:
+                if fnmatch.fnmatchcase(schema, ps):
+                    return True
+            elif candidates:
+                hits = [fnmatch.fnmatchcase(c, ps) for c in candidates]
+                if all(hits) if covering else any(hits):
+                    return True
+            elif ps == EVERYONE or not covering:
+                return True
+        return False
+
+    def first_match(self, refs: Iterable[str], where: Where | None = None) -> str | None:
+        """The first reference (sorted) that a pattern matches; None when none does."""
+        for ref in sorted(refs):
+            if self._matches(ref, where, covering=False):
+                return ref
+        return None
+
+    def covers(self, refs: Iterable[str], where: Where | None = None) -> bool:
+        return all(self._matches(ref, where, covering=True) for ref in refs)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"NameGlobs({list(self.patterns)!r})"
+
+
+_QUALIFIED = re.compile(r'("(?:[^"]|"")*"|[^".]*)(?:\.|$)')
+
+
+def split_qualified(ref: str) -> tuple[str | None, str]:
+    """``schema.name`` -> (schema, name); ``name`` -> (None, name); quoted parts unquoted.
+
+    More than two parts (``db.schema.name``) keep the last two.
+    """
+    if "." not in ref:
+        return None, ref
+    parts: list[str] = []
+    pos = 0
+    while pos <= len(ref):
+        m = _QUALIFIED.match(ref, pos)
+        if m is None or m.end() == pos:
+            break
+        part = m.group(1)
+        if part.startswith('"') and part.endswith('"') and len(part) >= 2:
+            part = part[1:-1].replace('""', '"')
+        parts.append(part)
+        pos = m.end()
+    if len(parts) < 2:
+        return None, parts[0] if parts else ref
+    return parts[-2], parts[-1]

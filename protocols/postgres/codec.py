@@ -227,3 +227,57 @@ def parse_parse(body: bytes) -> tuple[bytes, bytes]:
 def parse_query(body: bytes) -> bytes:
     sql, _ = split_cstr(body, 0)
     return sql
+
+
+# ---------------------------------------------------------------- start-up settings
+
+# start-up parameters that are not server settings
+_NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
+
+
+def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:
+    """The server settings a start-up packet asks for: its parameters, and the ``-c name=value``
+    / ``--name=value`` switches in ``options`` (words split on spaces, ``\\`` escapes the next
+    character, as PostgreSQL reads them). Raises ValueError for any other switch."""
+    out = [(k, v) for k, v in params.items() if k not in _NOT_SETTINGS]
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    for ch in params.get("options", ""):
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c" and i + 1 < len(words):
+            setting, i = words[i + 1], i + 2
+        elif w.startswith("-c") and len(w) > 2:
+            setting, i = w[2:], i + 1
+        elif w.startswith("--") and len(w) > 2:
+            setting, i = w[2:], i + 1
+        else:
+            raise ValueError(f"the switch {w!r} is not a -c name=value setting")
+        name, eq, value = setting.partition("=")
+        if not eq or not name:
+            raise ValueError(f"{setting!r} is not name=value")
+        out.append((name.replace("-", "_"), value))
+    return out
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from gateway.secrets import target_password
 from gateway.tls import upstream_context
 from protocols.postgres import codec
+from protocols.postgres.catalog import CatalogCache
+from protocols.postgres.resultmask import SharedLineage
 from protocols.postgres.session import PostgresSession, _split_address
 from protocols.postgres.upstream_auth import SaltedPasswordCache
 
@@ -31,6 +33,8 @@ class PostgresListener:
         self.targets: dict[str, Target] = {t.name: t for t in cfg.targets if t.protocol == "postgres"}
         self.cancel_map: dict[tuple[int, bytes], tuple[Target, tuple[int, bytes]]] = {}
         self.salted_cache = SaltedPasswordCache()
+        self.catalogs = CatalogCache()
+        self.lineage = SharedLineage()
         self.sessions: set[PostgresSession] = set()
         self._upstream_ssl: dict[str, ssl.SSLContext | None] = {}
         self._server: asyncio.base_events.Server | None = None

@@ -20,7 +20,9 @@ from gateway.errors import WiregateError
 from gateway.identity import AuthError, groups_match
 from protocols.postgres import codec
 from protocols.postgres.codec import F_FUNCTION_CALL, I32, Q_QUERY, ProtocolViolation
-from protocols.postgres.relay import BackendStream, FrontendStream, Refusals
+from protocols.postgres.catalog import CATALOG_QUERY, CatalogError, CatalogReader, CatalogSnapshot
+from protocols.postgres.relay import BackendStream, FrontendStream, MaskingBackendStream, Refusals, Tracker
+from protocols.postgres.resultmask import ResultMasking
 from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
 from policy.model import Command
 
@@ -32,6 +34,10 @@ log = logging.getLogger("wiregate.postgres")
 
 STARTUP_TIMEOUT = 60.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
+# statement kinds after which the catalog snapshot may be out of date
+_DDL = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT"})
+# the catalog's largest message: a view definition
+MAX_CATALOG_MESSAGE = 64 * 1024 * 1024
 # client parameters that are the gateway's to set, or that would change the protocol
 _NOT_FORWARDED = {"user", "database", "replication"}
 
@@ -185,6 +191,7 @@ class PostgresSession:
         self._task: asyncio.Task[None] | None = None
         self._encoding = "utf-8"
         self._scs_on = True
+        self.catalog: CatalogSnapshot | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -324,13 +331,25 @@ class PostgresSession:
         self.identity, self.target = identity, target
         self.policy = self.listener.policy.session(protocol="postgres", target=target.name,
                                                    identity=identity.name, groups=identity.groups)
-        if self.policy.mask_rules:
-            # masking arrives with the policy issue; until then refuse rather than show unmasked data
-            raise _Refused("0A000", f'wiregate: rule "{self.policy.mask_rules[0]}" masks results on target '
-                           f'"{target.name}", and this gateway cannot mask yet: the session is refused rather than '
-                           "returning unmasked data")
         forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED}
+        self._check_startup_settings(forwarded)
         await self._connect_upstream(target, forwarded)
+
+    def _check_startup_settings(self, params: dict[str, str]) -> None:
+        """Settings in the start-up packet are SET statements the server runs before the first
+        query (``options=-c role=admin`` is a SET ROLE): they go through the policy as such."""
+        policy = self.policy
+        if not policy.inspects_sql:
+            return
+        try:
+            settings = codec.startup_settings(params)
+        except ValueError as e:
+            raise _Refused("42501", f"wiregate: start-up options refused: {e}",
+                           hint="pass settings as -c name=value in options, or SET them after connecting") from None
+        for name, value in settings:
+            decision = policy.check_sql(f"SET {codec.quote_ident(name)} TO {codec.quote_literal(value)}")
+            if not decision.allowed:
+                raise _Refused(decision.sqlstate or "42501", f"{decision.message} (set by the start-up packet)")
 
     async def _connect_upstream(self, target: "Target", client_params: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
@@ -398,12 +417,36 @@ class PostgresSession:
             elif t == codec.N_NOTICE:
                 notices.append(codec.message(b"N", body))
             elif t == codec.Z_READY:
+                if self.policy.needs_catalog:
+                    await self._load_catalog(up, server_params, params)
                 self._go_live(up, server_params, notices, upstream_key, body)
                 return
             elif t == codec.V_NEGOTIATE:
                 continue
             else:
                 raise ProtocolViolation(f"unexpected message {chr(t)!r} from the target during start-up")
+
+    async def _load_catalog(self, up: _Side, server_params: dict[str, str], params: dict[str, str]) -> None:
+        """The target's catalog, from the listener's cache or read on this connection (see catalog.py)."""
+        target = self.target
+        cache = self.listener.catalogs
+        # start-up options can set the search path, which the snapshot records
+        key = target.name + "\x00" + params.get("options", "") + "\x00" + params.get("search_path", "")
+        snapshot = cache.get(key)
+        if snapshot is None:
+            up.write(CATALOG_QUERY)
+            reader = CatalogReader(_ENCODINGS.get(server_params.get("client_encoding", "UTF8").upper(), "utf-8"))
+            try:
+                while snapshot is None:
+                    t, body = await up.inbox.read_message(limit=MAX_CATALOG_MESSAGE)
+                    snapshot = reader.feed(t, body)
+            except CatalogError as e:
+                log.error("target %s: cannot read the catalog: %s", target.name, e)
+                raise _Refused("08004", f'wiregate: cannot read the catalog of target "{target.name}", which its '
+                               "mask and table rules need; see the gateway's log") from None
+            cache.put(key, snapshot)
+        self.catalog = snapshot
+        self.policy.set_catalog(snapshot.where_relation, snapshot.where_function, snapshot.search_path)
 
     def _go_live(self, up: _Side, server_params: dict[str, str], notices: list[bytes],
                  upstream_key: tuple[int, bytes] | None, status: bytes) -> None:
@@ -419,7 +462,13 @@ class PostgresSession:
         self._on_parameter("client_encoding", server_params.get("client_encoding", "UTF8"))
         self._on_parameter("standard_conforming_strings", server_params.get("standard_conforming_strings", "on"))
         refusals = Refusals()
-        backend = BackendStream(refusals, server_params)
+        if self.policy.masks:
+            tracker = Tracker()
+            backend: BackendStream = MaskingBackendStream(
+                refusals, tracker, ResultMasking(self.policy, self.catalog, lambda: self._encoding, self.listener.lineage), server_params)
+        else:
+            tracker = None
+            backend = BackendStream(refusals, server_params)
         backend.on_parameter = self._on_parameter
         backend.status = status
         self.client.peer, up.peer = up, self.client
@@ -427,7 +476,7 @@ class PostgresSession:
         pending_client, pending_up = bytes(self.client.inbox.buf), bytes(up.inbox.buf)
         self.client.inbox.buf.clear()
         up.inbox.buf.clear()
-        self.client.relay = FrontendStream(self._check, refusals)
+        self.client.relay = FrontendStream(self._check, refusals, tracker)
         up.relay = backend
         log.info("session %s: %s connected to %s (%s)", self.client_addr, self.identity.name, self.target.name,
                  "tls" if self.tls else "plain")
@@ -449,12 +498,13 @@ class PostgresSession:
     def _check(self, msg_type: int, body: bytes) -> bytes | None:
         """The policy check for a statement-carrying message: None to forward it, else the client's error."""
         policy = self.policy
-        if not policy.inspects_sql:
+        if not policy.inspects_sql and self.catalog is None:
             return None
         if msg_type == F_FUNCTION_CALL:
             oid = I32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
+            name = self.catalog.functions.get(oid, "") if self.catalog is not None else ""
             decision = policy.check(Command(protocol="postgres", target=self.target.name, kind="function_call",
-                                            text=f"function call oid {oid}"))
+                                            text=name))
         else:
             if msg_type == Q_QUERY:
                 raw = codec.parse_query(body)
@@ -473,6 +523,10 @@ class PostgresSession:
                 return codec.error_response("22021", f"wiregate: the statement is not valid {self._encoding}")
             decision = policy.check_sql(sql)
         if decision.action == "allow":
+            if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
+                # later sessions read the catalog again; this one places names it does not
+                # hold along its search path (see SessionPolicy.set_catalog)
+                self.listener.catalogs.invalidate_target(self.target.name)
             return None
         if decision.action == "review":
             return codec.error_response(decision.sqlstate or "42501",

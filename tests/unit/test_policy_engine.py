@@ -313,17 +313,10 @@ def test_decisions_are_cached_per_session() -> None:
 
 # ---- configuration errors -------------------------------------------------------------------
 
-@pytest.mark.parametrize("match", [
-    {"tables": ["users"]},
-    {"functions": ["pg_*"]},
-    {"http": HttpMatch(method=["DELETE"])},
-    {"sql": ["DELETE"], "tables": ["users"]},
-])
-def test_unsupported_match_keys_are_rejected(match: dict) -> None:
-    key = next(k for k in ("tables", "functions", "http") if k in match)
+def test_unsupported_match_keys_are_rejected() -> None:
     with pytest.raises(ConfigError) as exc:
-        PolicyEngine(config(rule("ok"), rule("x", match=match)))
-    assert exc.value.errors == [f"rules[1].match.{key}: not supported yet"]
+        PolicyEngine(config(rule("ok"), rule("x", match={"http": HttpMatch(method=["DELETE"])})))
+    assert exc.value.errors == ["rules[1].match.http: not supported yet"]
 
 
 def test_other_rule_errors_are_collected() -> None:

@@ -58,7 +58,10 @@ STATEMENTS: list[tuple[str, set[str]]] = [
     ("NOTIFY ch, 'x'", {"NOTIFY"}),
     ("UNLISTEN *", {"UNLISTEN"}),
     ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", {"LOCK"}),
-    ("SET search_path = x", {"SET"}),
+    ("SET search_path = x", {"SET SEARCH_PATH"}),
+    ("SET statement_timeout = 5", {"SET"}),
+    ("ALTER DATABASE d SET role = 'admin'", {"ALTER DATABASE", "SET ROLE"}),
+    ("ALTER ROLE r IN DATABASE d SET search_path = x", {"ALTER ROLE", "SET SEARCH_PATH"}),
     ("SET LOCAL work_mem = '1MB'", {"SET"}),
     ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", {"SET"}),
     ("SET ROLE admin", {"SET ROLE"}),
@@ -107,8 +110,9 @@ STATEMENTS: list[tuple[str, set[str]]] = [
     ("CREATE DATABASE d", {"CREATE DATABASE"}),
     ("ALTER DATABASE d SET x = 1", {"ALTER DATABASE"}),
     ("DROP DATABASE d", {"DROP DATABASE"}),
-    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", {"CREATE FUNCTION"}),
-    ("CREATE PROCEDURE p() LANGUAGE sql AS 'SELECT 1'", {"CREATE PROCEDURE"}),
+    # a body given as a string runs what it holds
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", {"CREATE FUNCTION", "SELECT"}),
+    ("CREATE PROCEDURE p() LANGUAGE sql AS 'SELECT 1'", {"CREATE PROCEDURE", "SELECT"}),
     ("ALTER FUNCTION f() IMMUTABLE", {"ALTER FUNCTION"}),
     ("ALTER PROCEDURE p() SECURITY DEFINER", {"ALTER PROCEDURE"}),
     ("DROP FUNCTION f()", {"DROP FUNCTION"}),
@@ -157,7 +161,9 @@ STATEMENTS: list[tuple[str, set[str]]] = [
     ("CREATE USER MAPPING FOR u SERVER srv", {"CREATE USER MAPPING"}),
     ("DROP USER MAPPING FOR u SERVER srv", {"DROP USER MAPPING"}),
     ("ALTER SYSTEM SET work_mem = '1MB'", {"ALTER SYSTEM"}),
-    ("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO u", {"ALTER DEFAULT PRIVILEGES"}),
+    # a grant on objects created later is a grant too
+    ("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO u", {"ALTER DEFAULT PRIVILEGES", "GRANT"}),
+    ("ALTER DEFAULT PRIVILEGES IN SCHEMA s REVOKE ALL ON TABLES FROM u", {"ALTER DEFAULT PRIVILEGES", "REVOKE"}),
     ("CREATE AGGREGATE ag (int) (sfunc = f, stype = int)", {"CREATE AGGREGATE"}),
     ("CREATE OPERATOR === (leftarg = int, rightarg = int, function = f)", {"CREATE OPERATOR"}),
     ("CREATE CAST (int AS text) WITH INOUT", {"CREATE CAST"}),
@@ -354,6 +360,230 @@ _TOKENS = ["SELECT", "DROP", "TABLE", "t", "1", "'x'", "$$", ";", "(", ")", "--"
 def test_analyze_never_raises_on_sql_like_text(tokens: list[str]) -> None:
     a = SqlAnalyzer(cache_size=8).analyze(" ".join(tokens))
     assert a.kinds <= KNOWN_KINDS
+
+
+# ---- tables and functions -----------------------------------------------------------------
+
+# (statement, every relation it names)
+TABLES: list[tuple[str, set[str]]] = [
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", {"pgbench_accounts"}),
+    ("SELECT 1", set()),
+    ("TABLE t", {"t"}),
+    ("SELECT * FROM s.t", {"s.t"}),
+    ("SELECT * FROM cat.s.t", {"s.t"}),  # the catalog prefix is dropped
+    ('SELECT * FROM "MyTable", "My Schema"."Other", MixedCase', {"MyTable", "My Schema.Other", "mixedcase"}),
+    ('SELECT * FROM U&"d\\0061t"', {"dat"}),
+    ("SELECT * FROM a JOIN b USING (id) LEFT JOIN LATERAL (SELECT * FROM c WHERE c.id = a.id) l ON true "
+     "NATURAL JOIN d CROSS JOIN (VALUES (1)) v(x)", {"a", "b", "c", "d"}),
+    ("SELECT (SELECT max(x) FROM s1), EXISTS (SELECT 1 FROM s2) FROM m WHERE y IN (SELECT y FROM s3) "
+     "ORDER BY (SELECT 1 FROM s4)", {"m", "s1", "s2", "s3", "s4"}),
+    ("SELECT 1 UNION SELECT * FROM u1 INTERSECT (SELECT * FROM u2)", {"u1", "u2"}),
+    ("SELECT * FROM t FOR UPDATE OF t", {"t"}),
+    ("SELECT * INTO new_t FROM old_t", {"new_t", "old_t"}),
+    ("INSERT INTO t SELECT * FROM s ON CONFLICT (a) DO UPDATE SET b = (SELECT b FROM c)", {"t", "s", "c"}),
+    ("UPDATE t SET a = 1 FROM u WHERE t.id = u.id", {"t", "u"}),
+    ("DELETE FROM t USING u WHERE t.id = u.id RETURNING (SELECT 1 FROM r)", {"t", "u", "r"}),
+    ("MERGE INTO tgt USING src ON tgt.id = src.id WHEN MATCHED THEN DELETE", {"tgt", "src"}),
+    ("WITH d AS (DELETE FROM t RETURNING *) INSERT INTO archive SELECT * FROM d", {"t", "archive"}),
+    ("COPY s.t (a) TO STDOUT", {"s.t"}),
+    ("COPY (SELECT * FROM q) TO STDOUT", {"q"}),
+    ("LOCK TABLE a, s.b IN ACCESS EXCLUSIVE MODE", {"a", "s.b"}),
+    ("TRUNCATE a, s.b", {"a", "s.b"}),
+    ("ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES s.p (a)", {"t", "s.p"}),
+    ("ALTER TABLE t ATTACH PARTITION p FOR VALUES IN (1)", {"t", "p"}),
+    ("ALTER TABLE s.t RENAME TO u", {"s.t", "s.u"}),
+    ("ALTER TABLE t RENAME COLUMN a TO b", {"t"}),
+    ("ALTER TABLE s.t SET SCHEMA x", {"s.t", "x.t"}),
+    ("ALTER VIEW v OWNER TO u", {"v"}),
+    ("CREATE INDEX i ON s.t (lower(a))", {"s.t", "s.i"}),
+    ("CREATE INDEX ON t (a)", {"t"}),
+    ("DROP TABLE IF EXISTS a, s.b CASCADE", {"a", "s.b"}),
+    ("DROP VIEW c.s.v", {"s.v"}),
+    ("DROP MATERIALIZED VIEW mv", {"mv"}),
+    ("DROP FOREIGN TABLE ft", {"ft"}),
+    ("DROP SEQUENCE s.seq", {"s.seq"}),
+    ("DROP INDEX CONCURRENTLY i", {"i"}),
+    ("DROP TRIGGER tr ON s.t", {"s.t"}),
+    ("DROP POLICY p ON t", {"t"}),
+    ("DROP FUNCTION f()", set()),
+    ("DROP SCHEMA s CASCADE", set()),
+    ("GRANT SELECT ON TABLE t, s.u TO x", {"t", "s.u"}),
+    ("REVOKE ALL ON s.t FROM x", {"s.t"}),
+    ("GRANT SELECT ON ALL TABLES IN SCHEMA s TO x", set()),
+    ("COMMENT ON TABLE s.t IS 'x'", {"s.t"}),
+    ("COMMENT ON COLUMN s.t.c IS 'x'", {"s.t"}),
+    ("COMMENT ON CONSTRAINT c ON t IS 'x'", {"t"}),
+    ("COMMENT ON FUNCTION f() IS 'x'", set()),
+    ("SECURITY LABEL ON TABLE t IS 'x'", {"t"}),
+    ("CREATE TABLE t (a int REFERENCES p, LIKE q) INHERITS (r)", {"t", "p", "q", "r"}),
+    ("CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)", {"p1", "p"}),
+    ("CREATE TABLE t2 AS SELECT * FROM t1", {"t2", "t1"}),
+    ("CREATE VIEW v AS SELECT * FROM a, b", {"v", "a", "b"}),
+    ("CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM big", {"mv", "big"}),
+    ("CREATE FOREIGN TABLE ft (a int) SERVER srv", {"ft"}),
+    ("CREATE SEQUENCE s.seq", {"s.seq"}),
+    ("ALTER SEQUENCE seq RESTART", {"seq"}),
+    ("CREATE TRIGGER tr AFTER INSERT ON t EXECUTE FUNCTION f()", {"t"}),
+    ("CREATE RULE r AS ON INSERT TO t DO INSTEAD INSERT INTO u VALUES (new.a)", {"t", "u"}),
+    ("CREATE POLICY pol ON t USING (owner = current_user)", {"t"}),
+    ("CREATE STATISTICS st ON a, b FROM t", {"t"}),
+    ("CREATE PUBLICATION pub FOR TABLE t1, s.t2", {"t1", "s.t2"}),
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY s.mv", {"s.mv"}),
+    ("VACUUM (ANALYZE) t, s.u (a)", {"t", "s.u"}),
+    ("ANALYZE t", {"t"}),
+    ("VACUUM", set()),
+    ("CLUSTER t USING i", {"t"}),
+    ("REINDEX TABLE s.t", {"s.t"}),
+    ("REINDEX INDEX i", {"i"}),
+    ("DECLARE c CURSOR FOR SELECT * FROM secrets", {"secrets"}),
+    ("PREPARE q AS SELECT * FROM p WHERE a = $1", {"p"}),
+    ("EXPLAIN ANALYZE SELECT * FROM e", {"e"}),
+    ("EXPLAIN SELECT * FROM e", {"e"}),  # planning opens the table
+    ("SELECT 1; DROP TABLE x", {"x"}),
+]
+
+
+@pytest.mark.parametrize(("sql", "tables"), TABLES, ids=[s for s, _ in TABLES])
+def test_tables_every_relation_named(sql: str, tables: set[str]) -> None:
+    a = analyze_uncached(sql)
+    assert a.error is None and a.undecidable is None
+    assert set(a.tables) == tables
+
+
+# CTE names in scope are not tables; everything outside their scope is
+CTE_SCOPES: list[tuple[str, set[str]]] = [
+    ("WITH x AS (SELECT 1) SELECT * FROM x", set()),
+    ("WITH x AS (SELECT 1) SELECT * FROM public.x", {"public.x"}),  # qualified: never a CTE
+    ("SELECT * FROM secrets, (WITH secrets AS (SELECT 1) SELECT * FROM secrets) s", {"secrets"}),
+    ("SELECT * FROM (WITH x AS (SELECT 1) SELECT * FROM x) s WHERE EXISTS (SELECT * FROM x)", {"x"}),
+    ("(WITH x AS (SELECT 1) SELECT * FROM x) UNION SELECT * FROM x", {"x"}),
+    ("SELECT * FROM c UNION ALL (WITH c AS (SELECT 1) SELECT * FROM c)", {"c"}),
+    ("WITH c AS (SELECT 1) SELECT * FROM c UNION ALL SELECT * FROM c", set()),
+    # a CTE's own query does not see it, nor the CTEs after it...
+    ("WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets", {"secrets"}),
+    ("WITH y AS (SELECT * FROM x), x AS (SELECT 1) SELECT * FROM y", {"x"}),
+    ("WITH x AS (SELECT 1), y AS (SELECT * FROM x, z) SELECT * FROM y", {"z"}),
+    # ...unless the WITH is RECURSIVE
+    ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r", set()),
+    ("WITH RECURSIVE y AS (SELECT * FROM x), x AS (SELECT 1) SELECT * FROM y", set()),
+    # nested scopes
+    ("WITH x AS (SELECT 1) SELECT * FROM (WITH y AS (SELECT * FROM x) SELECT * FROM y, x) s, x", set()),
+    ("WITH x AS (SELECT 1) SELECT * FROM t WHERE a IN (SELECT * FROM x) "
+     "AND b IN (WITH x AS (SELECT * FROM x) SELECT * FROM x)", {"t"}),
+    ("UPDATE t SET a = 1 WHERE id IN (WITH t AS (SELECT 1) SELECT * FROM t)", {"t"}),
+    # a DML target or SELECT INTO is a table even when a CTE has its name
+    ("WITH t AS (SELECT 1) DELETE FROM t", {"t"}),
+    ("WITH x AS (SELECT 1) SELECT * INTO x FROM x", {"x"}),
+    ("WITH src AS (SELECT * FROM real_src) MERGE INTO tgt USING src ON tgt.id = src.id WHEN MATCHED THEN DELETE",
+     {"real_src", "tgt"}),
+    ("WITH v AS (SELECT 1) INSERT INTO log SELECT * FROM v", {"log"}),
+    # a later statement of the string is outside every WITH
+    ("WITH x AS (SELECT 1) SELECT * FROM x; SELECT * FROM x", {"x"}),
+]
+
+
+@pytest.mark.parametrize(("sql", "tables"), CTE_SCOPES, ids=[s for s, _ in CTE_SCOPES])
+def test_cte_references_are_not_tables_within_their_scope(sql: str, tables: set[str]) -> None:
+    a = analyze_uncached(sql)
+    assert a.error is None
+    assert set(a.tables) == tables
+
+
+# (statement, every function called)
+FUNCTIONS: list[tuple[str, set[str]]] = [
+    ("SELECT pg_sleep(1)", {"pg_sleep"}),
+    ('SELECT "pg_sleep"(1), PG_SLEEP(1), Pg_Sleep(1)', {"pg_sleep"}),
+    ('SELECT PG_CATALOG.PG_SLEEP(1), pg_catalog."pg_sleep"(1), "pg_catalog".pg_sleep(1)', {"pg_catalog.pg_sleep"}),
+    ('SELECT "PG_SLEEP"(1)', {"PG_SLEEP"}),  # quoted: kept as written (another function)
+    ("SELECT db.s.f()", {"s.f"}),
+    ("SELECT count(*), sum(a) FILTER (WHERE lower(b) = 'x'), rank() OVER (ORDER BY c) FROM t",
+     {"count", "sum", "lower", "rank"}),
+    ("SELECT * FROM generate_series(1, 3) g, LATERAL unnest(ARRAY[1]) u, ROWS FROM (f1(), f2()) r",
+     {"generate_series", "unnest", "f1", "f2"}),
+    ("SELECT * FROM t WHERE a IN (SELECT g(x) FROM u)", {"g"}),
+    ("SELECT EXTRACT(year FROM now()), substring('x' FROM 1), trim(' x ')",
+     {"now", "pg_catalog.extract", "pg_catalog.substring", "pg_catalog.btrim"}),
+    # not FuncCalls: SQL value functions, COALESCE, casts, operators
+    ("SELECT CURRENT_USER, CURRENT_DATE, coalesce(a, 1), a::text, 'x' || 'y', a OPERATOR(pg_catalog.+) 1 FROM t", set()),
+    ("CALL p(1)", {"p"}),
+    ("CALL s.p(f(1))", {"s.p", "f"}),
+    ("INSERT INTO t VALUES (nextval('seq'), md5('x'))", {"nextval", "md5"}),
+    ("UPDATE t SET a = upper(a) WHERE b = f()", {"upper", "f"}),
+    ("CREATE TABLE t (a int DEFAULT d(), b int CHECK (b > k()), c int GENERATED ALWAYS AS (h(b)) STORED)",
+     {"d", "k", "h"}),
+    ("CREATE INDEX ON t USING gin (to_tsvector('english', b)) WHERE c(x)", {"to_tsvector", "c"}),
+    ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION s.f()", {"s.f"}),
+    ("CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE PROCEDURE etf()", {"etf"}),
+    ("CREATE POLICY p ON t USING (allowed(owner))", {"allowed"}),
+    ("EXPLAIN SELECT f(1)", {"f"}),  # planning may evaluate it
+    ("PREPARE q AS SELECT f($1)", {"f"}),
+    ("EXECUTE q(g(1))", {"g"}),
+    ("COPY (SELECT f() FROM t) TO STDOUT", {"f"}),
+    ("CREATE FUNCTION f(a int DEFAULT g()) RETURNS int LANGUAGE sql RETURN h(a)", {"g", "h"}),
+    # functions wired into an object that calls them later
+    ("CREATE OPERATOR public.~~~ (FUNCTION = pg_sleep, RIGHTARG = double precision)", {"pg_sleep"}),
+    ("CREATE OPERATOR === (PROCEDURE = s.f, LEFTARG = int, RIGHTARG = int, RESTRICT = eqsel, COMMUTATOR = ===)",
+     {"s.f", "eqsel"}),
+    ("ALTER OPERATOR === (int, int) SET (JOIN = j)", {"j"}),
+    ("CREATE AGGREGATE ag (int) (sfunc = s.f, stype = int, finalfunc = g)", {"s.f", "g"}),
+    ("CREATE CAST (int AS text) WITH FUNCTION s.f(int)", {"s.f"}),
+    ("CREATE TYPE ty (input = f_in, output = f_out, receive = none)", {"f_in", "f_out"}),
+    ("CREATE TYPE r AS RANGE (subtype = float8, subtype_diff = float8mi)", {"float8mi"}),
+    ("CREATE LANGUAGE plx HANDLER h INLINE i VALIDATOR v", {"h", "i", "v"}),
+    ("CREATE FOREIGN DATA WRAPPER w HANDLER h VALIDATOR v", {"h", "v"}),
+    ("CREATE ACCESS METHOD am TYPE INDEX HANDLER h", {"h"}),
+    ("CREATE CONVERSION cv FOR 'LATIN1' TO 'UTF8' FROM f", {"f"}),
+    ("CREATE OPERATOR CLASS oc FOR TYPE int USING btree AS OPERATOR 1 <, FUNCTION 1 cmp(int, int)", {"cmp"}),
+    ("CREATE TRANSFORM FOR int LANGUAGE plx (FROM SQL WITH FUNCTION a(internal), TO SQL WITH FUNCTION b(internal))",
+     {"a", "b"}),
+    ("CREATE TEXT SEARCH TEMPLATE tt (INIT = i, LEXIZE = l)", {"i", "l"}),
+]
+
+
+@pytest.mark.parametrize(("sql", "functions"), FUNCTIONS, ids=[s for s, _ in FUNCTIONS])
+def test_functions_every_call(sql: str, functions: set[str]) -> None:
+    a = analyze_uncached(sql)
+    assert a.error is None and a.undecidable is None
+    assert set(a.functions) == functions
+
+
+def test_names_of_a_failed_parse_are_empty() -> None:
+    a = analyze_uncached("SELECT * FROM secrets WHERE")
+    assert a.error is not None and a.tables == frozenset() and a.functions == frozenset()
+
+
+_NAME_TOKENS = _TOKENS + ["secrets", "s.t", '"Q"', "pg_sleep(1)", "f(", "JOIN", "USING", "EXECUTE", "BEGIN", "END",
+                          "$x$", "dblink_exec(", "query_to_xml(", "table_to_xml(", "LANGUAGE", "plpgsql", "sql",
+                          "CREATE", "FUNCTION", "RETURNS", "int", "RECURSIVE", "UNION", "||", ":=", "PERFORM"]
+
+
+def _check_names(a: SqlAnalysis) -> None:
+    assert isinstance(a, SqlAnalysis)
+    assert type(a.tables) is frozenset and type(a.functions) is frozenset
+    if a.error is None:
+        assert all(isinstance(n, str) and n for n in a.tables | a.functions)
+        assert a.undecidable is None or (isinstance(a.undecidable, str) and a.undecidable)
+        assert a.kinds <= KNOWN_KINDS
+    else:
+        assert not a.tables and not a.functions and a.undecidable is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_names_are_well_formed_for_arbitrary_text(text: str) -> None:
+    _check_names(analyze_uncached(text))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_NAME_TOKENS), max_size=30))
+def test_names_are_well_formed_for_sql_like_text(tokens: list[str]) -> None:
+    text = " ".join(tokens)
+    _check_names(analyze_uncached(text))
+    for wrapped in (f"DO $w$ BEGIN {text}; END $w$", f"SELECT dblink_exec($w${text}$w$)",
+                    f"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $w${text}$w$"):
+        a = analyze_uncached(wrapped)
+        assert a.error is None  # the outer statement parses; what is inside is analysed or undecidable
+        _check_names(a)
 
 
 # ---- cache -------------------------------------------------------------------------------

@@ -1,0 +1,401 @@
+"""Masking plans for PostgreSQL results: which column of a result gets which mask.
+
+The relay (``MaskingBackendStream``) hands over each RowDescription with the statement it
+answers; this module names the *source* of every result column and builds the ``RowPlan`` that
+``protocols.postgres.rows`` applies to the DataRows:
+
+1. a plain column reference: PostgreSQL reports its table OID and attribute number, named with
+   the catalog snapshot (a view column is followed to its base columns with the view's lineage;
+   attribute 0 is a whole-row reference: every column of the table);
+2. anything else (expressions, casts, aggregates): the statement's column lineage
+   (``policy.lineage``, over the same snapshot);
+3. when neither can tell (a relation created after the snapshot, a user-defined function, FETCH
+   from a cursor, EXECUTE of a prepared statement...) the column is masked with the strictest
+   column rule whenever the statement could read a masked column at all: fail closed, but
+   ``SHOW`` or ``EXPLAIN`` output is not masked for nothing.
+
+Detector rules apply to every column whatever its source. Error and notice texts go through the
+detectors too; data-exception and constraint errors (SQLSTATE classes 22 and 23), which quote
+the offending value, lose their quoted values and their detail when column rules apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from pglast import parser as _pg
+
+from policy.engine import SessionPolicy
+from policy.glob import split_qualified
+from policy.maskrules import split_source
+from policy.lineage import Catalog, LineageCache, OutputLineage
+from policy.masking import Masker, scrub
+from protocols.postgres import codec
+from protocols.postgres.catalog import FIRST_NORMAL_OID, CatalogSnapshot, Relation
+from protocols.postgres.codec import I16, ProtocolViolation
+from protocols.postgres.rows import (
+    BUILTIN_TYPES, NO_TEXT_OIDS, ColumnMask, CopyRewriter, RowPlan, TypeCatalog, copy_format, mask_data_row,
+    parse_row_description,
+)
+
+# plans are cached per (statement, index, RowDescription); sessions repeat the same few shapes
+_PLAN_CACHE_MAX = 512
+# statement kinds whose rows come from a query the statement does not show
+_INDIRECT = frozenset({"FETCH", "EXECUTE", "CALL", "MOVE"})
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+_VALUE_CLASSES = ("22", "23")
+
+
+def lineage_catalog(snapshot: CatalogSnapshot) -> Catalog:
+    """The catalog as ``policy.lineage`` reads it."""
+    relations: dict[str, tuple[str, ...]] = {}
+    views: dict[str, str] = {}
+    for rel in snapshot.relations.values():
+        key = rel.qualified
+        relations[key] = tuple(rel.columns[n] for n in sorted(rel.columns))
+        if rel.definition is not None:
+            views[key] = rel.definition
+    functions = frozenset(name for name in snapshot.functions.values()
+                          if not name.startswith(("pg_catalog.", "information_schema.")))
+    return Catalog(relations=relations, views=views, search_path=snapshot.search_path, functions=functions)
+
+
+class SharedLineage:
+    """One lineage cache and one lineage view of each snapshot, shared by a listener's sessions."""
+
+    def __init__(self) -> None:
+        self.cache = LineageCache()
+        self._catalogs: dict[int, tuple[CatalogSnapshot, Catalog]] = {}
+
+    def catalog(self, snapshot: CatalogSnapshot) -> Catalog:
+        hit = self._catalogs.get(id(snapshot))
+        if hit is not None and hit[0] is snapshot:
+            return hit[1]
+        cat = lineage_catalog(snapshot)
+        if len(self._catalogs) >= 16:
+            self._catalogs.clear()
+        self._catalogs[id(snapshot)] = (snapshot, cat)
+        return cat
+
+
+class _CopyPlan(msgspec.Struct):
+    rewriter: CopyRewriter
+
+
+class ResultMasking:
+    """The ``ResultMasker`` of one session (see protocols/postgres/relay.py)."""
+
+    def __init__(self, policy: SessionPolicy, snapshot: CatalogSnapshot | None, encoding: Callable[[], str],
+                 lineage: SharedLineage) -> None:
+        self._policy = policy
+        self._masks = policy.masks
+        self._snapshot = snapshot
+        self._encoding = encoding
+        self._lineage = lineage
+        self._catalog = lineage.catalog(snapshot) if snapshot is not None else None
+        self._scans = self._masks.scans
+        self._blanket = self._masks.blanket()
+        text_like = BUILTIN_TYPES.text_like | (snapshot.text_types if snapshot is not None else frozenset())
+        self._types = TypeCatalog(text_like=text_like)
+        # plans by RowDescription, or by (statement, index, RowDescription) when the statement mattered
+        self._plans: dict[object, RowPlan | None] = {}
+        self._relation_masked: dict[int, bool] = {}
+
+    # -- rows --------------------------------------------------------------------------------
+    def row_plan(self, sql: bytes | None, index: int, row_description: bytes) -> RowPlan | None:
+        # most plans follow from the RowDescription alone (every column a plain reference)
+        plans = self._plans
+        try:
+            return plans[row_description]
+        except KeyError:
+            pass
+        key = (sql, index, row_description)
+        try:
+            return plans[key]
+        except KeyError:
+            pass
+        plan, used_sql = self._build_plan(sql, index, row_description)
+        if len(plans) >= _PLAN_CACHE_MAX:
+            plans.clear()
+        plans[key if used_sql else row_description] = plan
+        return plan
+
+    def mask_row(self, plan: RowPlan, body: bytes) -> bytes:
+        return mask_data_row(body, plan)
+
+    def _build_plan(self, sql: bytes | None, index: int, row_description: bytes) -> tuple[RowPlan | None, bool]:
+        """The plan, and whether it depends on the statement (not only on the RowDescription)."""
+        encoding = self._encoding() or "utf-8"
+        fields = parse_row_description(row_description, encoding)
+        if not fields:
+            return None, False
+        used_sql = False
+        sources: list[frozenset[str] | None] = [frozenset()] * len(fields)
+        if self._masks.has_columns:
+            text = _decode(sql, encoding)
+            lineage: OutputLineage | None | bool = False  # False: not computed yet
+            for i, f in enumerate(fields):
+                src = self._server_source(f.table_oid, f.attnum) if f.table_oid else None
+                if src is None:
+                    used_sql = True
+                    if lineage is False:
+                        lineage = self._statement_lineage(text, index, len(fields))
+                    src = lineage.columns[i] if lineage is not None else None  # type: ignore[union-attr]
+                sources[i] = src
+        columns: list[ColumnMask | None] = []
+        unknown_reads: bool | None = None
+        for f, src in zip(fields, sources):
+            whole: Masker | None = None
+            if src is None:
+                used_sql = True
+                if unknown_reads is None:
+                    unknown_reads = self._may_read_masked(_decode(sql, encoding))
+                if unknown_reads:
+                    whole = self._blanket
+            elif src:
+                whole = self._strictest(src)
+            if whole is None and (not self._scans or f.type_oid in NO_TEXT_OIDS):
+                columns.append(None)  # nothing to mask, or a type that cannot hold text
+                continue
+            columns.append(ColumnMask(f.type_oid, f.format, whole=whole, scans=self._scans, encoding=encoding,
+                                      types=self._types))
+        plan = RowPlan(columns)
+        return (plan if plan.active else None), used_sql
+
+    def _strictest(self, sources: frozenset[str]) -> Masker | None:
+        maskers = [m for m in (self._masks.source(s) for s in sources) if m is not None]
+        if not maskers:
+            return None
+        if len(maskers) == 1:
+            return maskers[0]
+        from policy.masking import strictest
+        style = strictest([m.style for m in maskers])
+        return next(m for m in maskers if m.style == style)
+
+    def _server_source(self, table_oid: int, attnum: int) -> frozenset[str] | None:
+        """The source columns of a plain column reference, from the table OID the server reported."""
+        snap = self._snapshot
+        rel = snap.relations.get(table_oid) if snap is not None else None
+        if rel is None:
+            # initdb's objects (the system catalogs) are never masked unless a rule names them;
+            # anything newer is a relation created after the snapshot: cannot tell
+            return frozenset() if table_oid < FIRST_NORMAL_OID and snap is not None else None
+        if attnum < 0:
+            return frozenset()  # system columns: ctid, xmin...
+        if attnum == 0:
+            names = [rel.columns[n] for n in sorted(rel.columns)]
+            out: set[str] = set()
+            for n in range(1, len(names) + 1):
+                one = self._server_source(table_oid, n)
+                if one is None:
+                    return None
+                out |= one
+            return frozenset(out)
+        col = rel.columns.get(attnum)
+        if col is None:
+            return None
+        own = frozenset({f"{_ident(rel.schema)}.{_ident(rel.name)}.{_ident(col)}"})
+        if rel.kind in ("v", "m"):
+            if rel.definition is None:
+                return own if rel.schema in ("pg_catalog", "information_schema") else None
+            vl = self._lineage.cache.view_lineage(rel.qualified, self._catalog)  # type: ignore[arg-type]
+            if vl is None or attnum > len(vl.columns) or vl.columns[attnum - 1] is None:
+                return None
+            return own | vl.columns[attnum - 1]  # type: ignore[operator]
+        return own
+
+    def _statement_lineage(self, text: str | None, index: int, width: int) -> OutputLineage | None:
+        if text is None or self._catalog is None:
+            return None
+        found = self._lineage.cache.statement_lineages(text, self._catalog)
+        if found is None or index >= len(found):
+            return None
+        lin = found[index]
+        if lin is None or len(lin.columns) != width:
+            return None  # the shapes disagree: do not guess which column is which
+        return lin
+
+    def _may_read_masked(self, text: str | None) -> bool:
+        """Whether a statement could return values of a masked column (conservative)."""
+        if text is None or self._snapshot is None:
+            return True
+        analysis = self._policy.analyze(text)
+        if analysis.error is not None or analysis.undecidable is not None:
+            return True
+        if not _INDIRECT.isdisjoint(analysis.kinds):
+            return True
+        snap = self._snapshot
+        for fn in analysis.functions:
+            schema, name = split_qualified(fn)
+            if schema is not None:
+                if schema != "pg_catalog":
+                    return True
+            elif (snap.where_function(name) or frozenset({"?"})) - {"pg_catalog"}:
+                return True  # a function that is not a built-in may read anything
+        for ref in analysis.tables:
+            schema, name = split_qualified(ref)
+            schemas = [schema] if schema is not None else sorted(snap.where_relation(name) or ())
+            if not schemas:
+                return True  # not in the snapshot: created since
+            for s in schemas:
+                rel = snap.relation(s, name)
+                if rel is None or self._relation_has_masks(rel):
+                    return True
+        return False
+
+    def _relation_has_masks(self, rel: Relation) -> bool:
+        key = id(rel)
+        hit = self._relation_masked.get(key)
+        if hit is None:
+            oid = self._snapshot.by_name.get((rel.schema, rel.name), 0)  # type: ignore[union-attr]
+            hit = False
+            for attnum in rel.columns:
+                src = self._server_source(oid, attnum)
+                if src is None or any(self._masks.source(s) is not None for s in src):
+                    hit = True
+                    break
+            self._relation_masked[key] = hit
+        return hit
+
+    # -- COPY --------------------------------------------------------------------------------
+    def copy_plan(self, sql: bytes | None, index: int, copy_response: bytes) -> _CopyPlan | None:
+        encoding = self._encoding() or "utf-8"
+        text = _decode(sql, encoding)
+        stmt = _copy_statement(text, index)
+        if len(copy_response) < 3:
+            raise ProtocolViolation("CopyOutResponse is truncated")
+        width = I16.unpack_from(copy_response, 1)[0]
+        fmt = copy_format(stmt.get("options") if stmt is not None else None) if stmt is not None else None
+        binary = copy_response[0] == 1
+        if fmt is None:
+            if self._masks.has_columns or self._scans:
+                # without the statement the rows cannot be read safely: end the session rather than leak
+                raise ProtocolViolation("COPY rows of a statement the gateway could not read")
+            return None
+        types, sources = self._copy_columns(stmt, text, index, width)
+        columns: list[ColumnMask | None] = []
+        unknown_reads: bool | None = None
+        for type_oid, src in zip(types, sources):
+            whole: Masker | None = None
+            if src is None:
+                if unknown_reads is None:
+                    unknown_reads = self._may_read_masked(text)
+                if unknown_reads:
+                    whole = self._blanket
+            elif src:
+                whole = self._strictest(src)
+            if whole is None and (not self._scans or type_oid in NO_TEXT_OIDS):
+                columns.append(None)
+                continue
+            # a column of unknown type: masked values become NULL (valid for any type); detector
+            # matches in its text are masked in place in the text formats
+            text_like = None if type_oid else (not binary and whole is None)
+            columns.append(ColumnMask(type_oid, 1 if binary else 0, whole=whole, scans=self._scans,
+                                      encoding=encoding, types=self._types, text_like=text_like))
+        plan = RowPlan(columns)
+        if not plan.active:
+            return None
+        return _CopyPlan(CopyRewriter(fmt, plan, encoding))
+
+    def mask_copy(self, plan: _CopyPlan, body: bytes) -> bytes:
+        return plan.rewriter.rewrite(body)
+
+    def _copy_columns(self, stmt: dict[str, Any], text: str | None, index: int,
+                      width: int) -> tuple[list[int], list[frozenset[str] | None]]:
+        snap = self._snapshot
+        relation = stmt.get("relation")
+        if relation is not None and snap is not None:
+            schema = relation.get("schemaname")
+            name = relation.get("relname", "")
+            schemas = [schema] if schema else [s for s in snap.search_path if snap.relation(s, name) is not None][:1]
+            rel = snap.relation(schemas[0], name) if schemas else None
+            if rel is not None:
+                oid = snap.by_name[(rel.schema, rel.name)]
+                attnums = sorted(rel.columns)
+                wanted = [_sval(c) for c in stmt.get("attlist", ())]
+                if wanted:
+                    by_name = {rel.columns[n]: n for n in attnums}
+                    attnums = [by_name.get(w, -999) for w in wanted]
+                if len(attnums) == width:
+                    return ([rel.types.get(n, 0) for n in attnums],
+                            [self._server_source(oid, n) if n > 0 else None for n in attnums])
+        lin = self._statement_lineage(text, index, width)
+        if lin is None:
+            return [0] * width, [None] * width
+        # COPY (query) sends no RowDescription: a column derived only from text-like columns is
+        # taken as text (a mask string), anything else as of unknown type (NULL when masked)
+        return [25 if src and all(self._source_is_text(s) for s in src) else 0 for src in lin.columns], list(lin.columns)
+
+    def _source_is_text(self, source: str) -> bool:
+        schema, table, column = split_source(source)
+        rel = self._snapshot.relation(schema, table) if self._snapshot is not None else None
+        if rel is None:
+            return False
+        for attnum, name in rel.columns.items():
+            if name == column:
+                return rel.types.get(attnum, 0) in self._types.text_like
+        return False
+
+    # -- error and notice texts ---------------------------------------------------------------
+    def mask_message(self, body: bytes) -> bytes:
+        """An ErrorResponse / NoticeResponse body with values that may be masked taken out."""
+        encoding = self._encoding() or "utf-8"
+        fields = codec.parse_fields(body)
+        code = fields.get("C", "")
+        changed = False
+        for key in ("M", "D", "H", "W", "w"):
+            value = fields.get(key)
+            if not value:
+                continue
+            new = value
+            if self._masks.has_columns and code.startswith(_VALUE_CLASSES):
+                new = "(hidden by wiregate: it may hold masked values)" if key == "D" else _QUOTED.sub('"***"', new)
+            if self._scans:
+                new = scrub(new, self._scans) or ""
+            if new != value:
+                fields[key] = new
+                changed = True
+        if not changed:
+            return body
+        parts = [k.encode() + v.encode(encoding, "replace") + b"\x00" for k, v in fields.items()]
+        return b"".join(parts) + b"\x00"
+
+
+def _decode(sql: bytes | None, encoding: str) -> str | None:
+    if sql is None:
+        return None
+    try:
+        return sql.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _ident(name: str) -> str:
+    return f'"{name}"' if "." in name or '"' in name else name
+
+
+def _sval(node: Any) -> str:
+    if isinstance(node, dict):
+        s = node.get("String")
+        if isinstance(s, dict):
+            return s.get("sval", "")
+    return ""
+
+
+def _copy_statement(text: str | None, index: int) -> dict[str, Any] | None:
+    """The CopyStmt node of statement ``index`` of ``text``, or None."""
+    if text is None:
+        return None
+    try:
+        tree = msgspec.json.decode(_pg.parse_sql_json(text))
+    except Exception:
+        return None
+    stmts = tree.get("stmts", [])
+    if index >= len(stmts):
+        return None
+    node = stmts[index].get("stmt", {})
+    copy = node.get("CopyStmt") if isinstance(node, dict) else None
+    return copy if isinstance(copy, dict) else None
