@@ -281,3 +281,25 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+# PostgreSQL client_encoding names and the Python codec for each
+PG_ENCODINGS = {
+    "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
+    "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
+    "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253", "WIN1254": "cp1254",
+    "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257", "WIN1258": "cp1258", "WIN866": "cp866",
+    "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "ISO_8859_5": "iso8859-5",
+    "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8", "EUC_JP": "euc_jp",
+    "EUC_KR": "euc_kr", "EUC_CN": "gb2312", "SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk",
+    "UHC": "cp949", "GB18030": "gb18030", "JOHAB": "johab", "SHIFT_JIS_2004": "shift_jis_2004",
+    "EUC_JIS_2004": "euc_jis_2004",
+}
+# PostgreSQL matches encoding names ignoring case and anything not a letter or digit
+_PG_ENCODINGS_LOOSE = {"".join(ch for ch in k if ch.isalnum()): v for k, v in PG_ENCODINGS.items()}
+
+
+def python_encoding(pg_name: str) -> str:
+    """The Python codec for a PostgreSQL encoding name ("" when the gateway has none)."""
+    return _PG_ENCODINGS_LOOSE.get("".join(ch for ch in pg_name.upper() if ch.isalnum()), "")

@@ -45,6 +45,15 @@ from protocols.postgres.rows import (
 _PLAN_CACHE_MAX = 512
 # statement kinds whose rows come from a query the statement does not show
 _INDIRECT = frozenset({"FETCH", "EXECUTE", "CALL", "MOVE"})
+# system columns that hold values of *other* tables' columns (planner statistics): whatever
+# masks apply anywhere apply to them
+_FOREIGN_VALUES = frozenset(
+    [f"pg_catalog.pg_stats.{c}" for c in ("most_common_vals", "histogram_bounds", "most_common_elems")]
+    + [f"pg_catalog.pg_stats_ext.{c}" for c in ("most_common_vals",)]
+    + [f"pg_catalog.pg_stats_ext_exprs.{c}" for c in ("most_common_vals", "histogram_bounds", "most_common_elems")]
+    + [f"pg_catalog.pg_statistic.stavalues{i}" for i in range(1, 6)]
+    + ["pg_catalog.pg_statistic_ext_data.stxdmcv", "pg_catalog.pg_statistic_ext_data.stxdexpr"]
+)
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 _VALUE_CLASSES = ("22", "23")
 
@@ -103,6 +112,19 @@ class ResultMasking:
         # plans by RowDescription, or by (statement, index, RowDescription) when the statement mattered
         self._plans: dict[object, RowPlan | None] = {}
         self._relation_masked: dict[int, bool] = {}
+        # cursors (DECLARE) and prepared statements (PREPARE) by name: the statement whose rows
+        # a later FETCH / EXECUTE returns, as (text, index)
+        self._named: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def note_statement(self, sql: str) -> None:
+        """Remember the cursors and prepared statements ``sql`` declares (see ``_named``)."""
+        for i, node in enumerate(_statements(sql)):
+            for kind, key in (("DeclareCursorStmt", "portalname"), ("PrepareStmt", "name")):
+                stmt = node.get(kind)
+                if isinstance(stmt, dict) and isinstance(stmt.get(key), str):
+                    if len(self._named) >= _PLAN_CACHE_MAX:
+                        self._named.clear()
+                    self._named[(kind, stmt[key])] = (sql, i)
 
     # -- rows --------------------------------------------------------------------------------
     def row_plan(self, sql: bytes | None, index: int, row_description: bytes) -> RowPlan | None:
@@ -166,6 +188,8 @@ class ResultMasking:
         return (plan if plan.active else None), used_sql
 
     def _strictest(self, sources: frozenset[str]) -> Masker | None:
+        if not _FOREIGN_VALUES.isdisjoint(sources):
+            return self._blanket
         maskers = [m for m in (self._masks.source(s) for s in sources) if m is not None]
         if not maskers:
             return None
@@ -207,13 +231,25 @@ class ResultMasking:
             return own | vl.columns[attnum - 1]  # type: ignore[operator]
         return own
 
-    def _statement_lineage(self, text: str | None, index: int, width: int) -> OutputLineage | None:
+    def _statement_lineage(self, text: str | None, index: int, width: int, depth: int = 0) -> OutputLineage | None:
         if text is None or self._catalog is None:
             return None
         found = self._lineage.cache.statement_lineages(text, self._catalog)
         if found is None or index >= len(found):
             return None
         lin = found[index]
+        if lin is None and depth == 0 and self._named:
+            # FETCH from a cursor / EXECUTE of a prepared statement: the rows of the declared query
+            nodes = _statements(text)
+            node = nodes[index] if index < len(nodes) else {}
+            fetch, execute = node.get("FetchStmt"), node.get("ExecuteStmt")
+            named = None
+            if isinstance(fetch, dict):
+                named = self._named.get(("DeclareCursorStmt", fetch.get("portalname", "")))
+            elif isinstance(execute, dict):
+                named = self._named.get(("PrepareStmt", execute.get("name", "")))
+            if named is not None:
+                return self._statement_lineage(named[0], named[1], width, depth + 1)
         if lin is None or len(lin.columns) != width:
             return None  # the shapes disagree: do not guess which column is which
         return lin
@@ -254,7 +290,8 @@ class ResultMasking:
             hit = False
             for attnum in rel.columns:
                 src = self._server_source(oid, attnum)
-                if src is None or any(self._masks.source(s) is not None for s in src):
+                if src is None or not _FOREIGN_VALUES.isdisjoint(src) or any(
+                        self._masks.source(s) is not None for s in src):
                     hit = True
                     break
             self._relation_masked[key] = hit
@@ -275,6 +312,11 @@ class ResultMasking:
                 # without the statement the rows cannot be read safely: end the session rather than leak
                 raise ProtocolViolation("COPY rows of a statement the gateway could not read")
             return None
+        if fmt.encoding is not None:
+            # COPY ... ENCODING 'x' writes its rows in that encoding, not the session's
+            encoding = codec.python_encoding(fmt.encoding)
+            if not encoding:
+                raise ProtocolViolation(f"COPY rows in encoding {fmt.encoding!r}, which the gateway cannot mask")
         types, sources = self._copy_columns(stmt, text, index, width)
         columns: list[ColumnMask | None] = []
         unknown_reads: bool | None = None
@@ -385,17 +427,23 @@ def _sval(node: Any) -> str:
     return ""
 
 
+def _statements(text: str) -> list[dict[str, Any]]:
+    """The statement nodes of ``text`` ({} for one that is not a dict; [] when it does not parse)."""
+    try:
+        tree = msgspec.json.decode(_pg.parse_sql_json(text))
+    except Exception:
+        return []
+    out = []
+    for item in tree.get("stmts", []):
+        node = item.get("stmt") if isinstance(item, dict) else None
+        out.append(node if isinstance(node, dict) else {})
+    return out
+
+
 def _copy_statement(text: str | None, index: int) -> dict[str, Any] | None:
     """The CopyStmt node of statement ``index`` of ``text``, or None."""
     if text is None:
         return None
-    try:
-        tree = msgspec.json.decode(_pg.parse_sql_json(text))
-    except Exception:
-        return None
-    stmts = tree.get("stmts", [])
-    if index >= len(stmts):
-        return None
-    node = stmts[index].get("stmt", {})
-    copy = node.get("CopyStmt") if isinstance(node, dict) else None
+    nodes = _statements(text)
+    copy = nodes[index].get("CopyStmt") if index < len(nodes) else None
     return copy if isinstance(copy, dict) else None

@@ -34,26 +34,14 @@ log = logging.getLogger("wiregate.postgres")
 
 STARTUP_TIMEOUT = 60.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
+# statement kinds that name a query for later (FETCH / EXECUTE): masking follows them
+_NAMES_QUERIES = frozenset({"DECLARE", "PREPARE"})
 # statement kinds after which the catalog snapshot may be out of date
 _DDL = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT"})
 # the catalog's largest message: a view definition
 MAX_CATALOG_MESSAGE = 64 * 1024 * 1024
 # client parameters that are the gateway's to set, or that would change the protocol
 _NOT_FORWARDED = {"user", "database", "replication"}
-
-# PostgreSQL client_encoding names and the Python codec for each
-_ENCODINGS = {
-    "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "utf-8", "LATIN1": "latin-1", "LATIN2": "iso8859-2",
-    "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9", "LATIN6": "iso8859-10",
-    "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15", "LATIN10": "iso8859-16",
-    "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253", "WIN1254": "cp1254",
-    "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257", "WIN1258": "cp1258", "WIN866": "cp866",
-    "WIN874": "cp874", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "ISO_8859_5": "iso8859-5",
-    "ISO_8859_6": "iso8859-6", "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8", "EUC_JP": "euc_jp",
-    "EUC_KR": "euc_kr", "EUC_CN": "gb2312", "SJIS": "shift_jis", "BIG5": "big5", "GBK": "gbk",
-    "UHC": "cp949", "GB18030": "gb18030", "JOHAB": "johab", "SHIFT_JIS_2004": "shift_jis_2004",
-    "EUC_JIS_2004": "euc_jis_2004",
-}
 
 
 class _Refused(Exception):
@@ -192,6 +180,7 @@ class PostgresSession:
         self._encoding = "utf-8"
         self._scs_on = True
         self.catalog: CatalogSnapshot | None = None
+        self.masking: ResultMasking | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -435,7 +424,7 @@ class PostgresSession:
         snapshot = cache.get(key)
         if snapshot is None:
             up.write(CATALOG_QUERY)
-            reader = CatalogReader(_ENCODINGS.get(server_params.get("client_encoding", "UTF8").upper(), "utf-8"))
+            reader = CatalogReader(codec.python_encoding(server_params.get("client_encoding", "UTF8")) or "utf-8")
             try:
                 while snapshot is None:
                     t, body = await up.inbox.read_message(limit=MAX_CATALOG_MESSAGE)
@@ -464,8 +453,8 @@ class PostgresSession:
         refusals = Refusals()
         if self.policy.masks:
             tracker = Tracker()
-            backend: BackendStream = MaskingBackendStream(
-                refusals, tracker, ResultMasking(self.policy, self.catalog, lambda: self._encoding, self.listener.lineage), server_params)
+            self.masking = ResultMasking(self.policy, self.catalog, lambda: self._encoding, self.listener.lineage)
+            backend: BackendStream = MaskingBackendStream(refusals, tracker, self.masking, server_params)
         else:
             tracker = None
             backend = BackendStream(refusals, server_params)
@@ -491,7 +480,7 @@ class PostgresSession:
 
     def _on_parameter(self, name: str, value: str) -> None:
         if name == "client_encoding":
-            self._encoding = _ENCODINGS.get(value.upper(), "")
+            self._encoding = codec.python_encoding(value)
         elif name == "standard_conforming_strings":
             self._scs_on = value == "on"
 
@@ -523,6 +512,8 @@ class PostgresSession:
                 return codec.error_response("22021", f"wiregate: the statement is not valid {self._encoding}")
             decision = policy.check_sql(sql)
         if decision.action == "allow":
+            if self.masking is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
+                self.masking.note_statement(sql)
             if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
                 # later sessions read the catalog again; this one places names it does not
                 # hold along its search path (see SessionPolicy.set_catalog)

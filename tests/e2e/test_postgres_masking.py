@@ -200,10 +200,27 @@ def test_cursor_fetch(mdsn):
         assert len(rows) == 5
         for (a, b), real in zip(rows, CUSTOMERS):
             assert_partial(a, real["email"])
-            assert b is None or not EMAIL.search(b)  # FETCH: the source is the cursor's query
+            assert b.endswith(real["email"][-4:].upper()) and not EMAIL.search(b)  # lineage of the cursor's query
         with conn.cursor(name="server_side") as cur:  # psycopg's named cursor: DECLARE + FETCH
             cur.execute("SELECT email FROM customers ORDER BY id")
             assert all(not EMAIL.search(r[0]) for r in cur.fetchall())
+
+
+def test_sql_prepared_statement_execute(mdsn):
+    with psycopg.connect(mdsn) as conn:
+        conn.execute("PREPARE q(int) AS SELECT lower(email), id FROM customers WHERE id = $1")
+        got, ident = conn.execute("EXECUTE q(2)").fetchone()
+    assert ident == 2 and got != CUSTOMERS[1]["email"].lower() and got.endswith(CUSTOMERS[1]["email"][-4:])
+
+
+def test_planner_statistics_do_not_show_masked_values(mgw, mdsn):
+    with psycopg.connect(mdsn, autocommit=True) as conn:
+        conn.execute("ANALYZE mask_people")
+        rows = conn.execute("SELECT attname, most_common_vals::text, histogram_bounds::text FROM pg_stats "
+                            "WHERE tablename = 'mask_people'").fetchall()
+    assert {r[0] for r in rows} >= {"ssn", "salary"}  # the catalog's own columns pass
+    text = repr(rows)
+    assert "123-45-6789" not in text and "987-65-4320" not in text and "1000.50" not in text
 
 
 def test_asyncpg(mdsn):
