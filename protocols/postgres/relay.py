@@ -410,12 +410,14 @@ class ResultMasker(Protocol):
 
     def mask_copy(self, plan: object, body: bytes) -> bytes: ...
 
-    def mask_message(self, body: bytes) -> bytes: ...
+    def mask_message(self, body: bytes, sql: bytes | None) -> bytes: ...
+
+    def mask_notification(self, body: bytes) -> bytes: ...
 
 
 # backend message types the masking stream reacts to
 _T_ROWDESC, _N_NODATA, _D_DATAROW, _C_COMPLETE, _I_EMPTY, _S_SUSPENDED = 0x54, 0x6E, 0x44, 0x43, 0x49, 0x73
-_H_COPYOUT, _D_COPYDATA, _V_FUNCTION = 0x48, 0x64, 0x56
+_H_COPYOUT, _D_COPYDATA, _V_FUNCTION, _A_NOTIFY = 0x48, 0x64, 0x56, 0x41
 _PARSE_DONE, _BIND_DONE, _CLOSE_DONE = 0x31, 0x32, 0x33
 # a masked row or COPY row is held whole; past this the session is ended rather than leak it
 MAX_MASKED_MESSAGE = 256 * 1024 * 1024
@@ -501,6 +503,17 @@ class MaskingBackendStream(BackendStream):
             pos = end
         return _emit(data, start, pos, out)
 
+    def _current_sql(self, head: list | None) -> bytes | None:
+        """The statement text the reply at the head of the queue belongs to, when known."""
+        if head is None:
+            return None
+        if head[0] == X_QUERY:
+            return head[1]
+        if head[0] in (X_EXECUTE, X_DESCRIBE_P):
+            entry = self._tracker.portals.get(head[1])
+            return entry[0] if entry is not None else None
+        return None
+
     def _row_plan(self) -> object | None:
         queue = self._tracker.queue
         if queue and queue[0][0] == X_EXECUTE:
@@ -549,14 +562,17 @@ class MaskingBackendStream(BackendStream):
             if kind in (X_PARSE, X_BIND, X_CLOSE):
                 queue.popleft()
             return None
-        if t == N_NOTICE:
+        if t == N_NOTICE or t == _A_NOTIFY:
             original = data[body:end]
-            masked = self._masker.mask_message(original)
-            return None if masked == original else codec.message(b"N", masked)
+            if t == N_NOTICE:
+                masked = self._masker.mask_message(original, self._current_sql(head))
+            else:
+                masked = self._masker.mask_notification(original)
+            return None if masked == original else codec.message(bytes((t,)), masked)
         if t == E_ERROR:
             replacement = self._refusals.take(data[body:end]) if self._refusals.pending else None
             if replacement is None:
-                masked = self._masker.mask_message(data[body:end])
+                masked = self._masker.mask_message(data[body:end], self._current_sql(head))
                 if masked != data[body:end]:
                     replacement = codec.message(b"E", masked)
             # the server skips to Sync (extended) or to the end of the Query

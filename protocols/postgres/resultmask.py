@@ -56,6 +56,21 @@ _FOREIGN_VALUES = frozenset(
 )
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 _VALUE_CLASSES = ("22", "23")
+# SQLSTATE classes whose messages never quote row values: syntax and names, privileges,
+# transaction state, connection, resources, operator intervention, configuration
+_DATALESS_CLASSES = ("42", "0A", "25", "26", "28", "2D", "34", "3D", "3F", "40", "53", "54", "55", "57", "58",
+                     "08", "0B", "0F", "0L", "0P", "24", "F0")
+_HIDDEN = "(message hidden by wiregate: it may hold masked values)"
+# statements that hold code: what it does with the values it reads cannot be followed
+_CODE_KINDS = frozenset({"DO", "CREATE FUNCTION", "CREATE PROCEDURE", "CREATE TRIGGER", "CREATE RULE",
+                         "CREATE EVENT TRIGGER", "CREATE AGGREGATE", "CREATE OPERATOR"})
+# built-in functions that keep a value somewhere it can be read back from later
+_SIDE_EFFECTS = frozenset({
+    "set_config", "pg_notify", "lo_from_bytea", "lo_put", "lowrite", "lo_import", "lo_export", "lo_create",
+    "pg_file_write", "pg_logical_emit_message", "txid_current", "nextval", "setval",
+    "dblink", "dblink_exec", "dblink_send_query", "dblink_open", "dblink_fetch", "pg_background_launch",
+})
+_WRITE_KINDS = frozenset({"INSERT", "UPDATE", "MERGE", "CREATE TABLE", "CREATE MATERIALIZED VIEW", "COPY FROM"})
 
 
 def lineage_catalog(snapshot: CatalogSnapshot) -> Catalog:
@@ -112,6 +127,7 @@ class ResultMasking:
         # plans by RowDescription, or by (statement, index, RowDescription) when the statement mattered
         self._plans: dict[object, RowPlan | None] = {}
         self._relation_masked: dict[int, bool] = {}
+        self._refusals: dict[int, tuple[Any, str | None]] = {}
         # cursors (DECLARE) and prepared statements (PREPARE) by name: the statement whose rows
         # a later FETCH / EXECUTE returns, as (text, index)
         self._named: dict[tuple[str, str], tuple[str, int]] = {}
@@ -231,7 +247,8 @@ class ResultMasking:
             return own | vl.columns[attnum - 1]  # type: ignore[operator]
         return own
 
-    def _statement_lineage(self, text: str | None, index: int, width: int, depth: int = 0) -> OutputLineage | None:
+    def _statement_lineage(self, text: str | None, index: int, width: int, depth: int = 0, *,
+                           exact: bool = True) -> OutputLineage | None:
         if text is None or self._catalog is None:
             return None
         found = self._lineage.cache.statement_lineages(text, self._catalog)
@@ -250,7 +267,7 @@ class ResultMasking:
                 named = self._named.get(("PrepareStmt", execute.get("name", "")))
             if named is not None:
                 return self._statement_lineage(named[0], named[1], width, depth + 1)
-        if lin is None or len(lin.columns) != width:
+        if lin is None or (exact and len(lin.columns) != width):
             return None  # the shapes disagree: do not guess which column is which
         return lin
 
@@ -382,28 +399,115 @@ class ResultMasking:
         return False
 
     # -- error and notice texts ---------------------------------------------------------------
-    def mask_message(self, body: bytes) -> bytes:
-        """An ErrorResponse / NoticeResponse body with values that may be masked taken out."""
+    def mask_message(self, body: bytes, sql: bytes | None = None) -> bytes:
+        """An ErrorResponse / NoticeResponse body with values that may be masked taken out.
+
+        Detectors run over every text field. With column rules, a message raised while a
+        statement that may read a masked column runs (``RAISE NOTICE '%', ssn``, a data error
+        quoting a value, a constraint error showing a key) keeps its SQLSTATE and severity but
+        not its texts, unless its class cannot carry data (syntax, privileges, transaction
+        state...): the gateway cannot tell which part of a text came from where.
+        """
         encoding = self._encoding() or "utf-8"
-        fields = codec.parse_fields(body)
+        fields = _fields(body, encoding)
         code = fields.get("C", "")
+        hide = (self._masks.has_columns and not code.startswith(_DATALESS_CLASSES)
+                and self._may_read_masked(_decode(sql, encoding)))
         changed = False
-        for key in ("M", "D", "H", "W", "w"):
+        for key in ("M", "D", "H", "W", "w", "s", "t", "c", "d", "n"):
             value = fields.get(key)
             if not value:
                 continue
-            new = value
-            if self._masks.has_columns and code.startswith(_VALUE_CLASSES):
-                new = "(hidden by wiregate: it may hold masked values)" if key == "D" else _QUOTED.sub('"***"', new)
-            if self._scans:
-                new = scrub(new, self._scans) or ""
+            if hide:
+                new = _HIDDEN if key == "M" else ""
+            else:
+                new = value
+                if self._masks.has_columns and code.startswith(_VALUE_CLASSES):
+                    new = _HIDDEN if key == "D" else _QUOTED.sub('"***"', new)
+                if self._scans:
+                    new = scrub(new, self._scans) or ""
             if new != value:
                 fields[key] = new
                 changed = True
         if not changed:
             return body
-        parts = [k.encode() + v.encode(encoding, "replace") + b"\x00" for k, v in fields.items()]
+        parts = [k.encode() + v.encode(encoding, "surrogateescape") + b"\x00" for k, v in fields.items() if v]
         return b"".join(parts) + b"\x00"
+
+    def mask_notification(self, body: bytes) -> bytes:
+        """A NotificationResponse body with detector matches in its payload masked."""
+        if not self._scans or len(body) < 6:
+            return body
+        encoding = self._encoding() or "utf-8"
+        nul = body.find(b"\x00", 4)
+        end = body.find(b"\x00", nul + 1) if nul >= 0 else -1
+        if end < 0:
+            return body
+        payload = body[nul + 1:end].decode(encoding, "surrogateescape")
+        masked = scrub(payload, self._scans)
+        if masked is payload:
+            return body
+        return body[:nul + 1] + (masked or "").encode(encoding, "surrogateescape") + b"\x00"
+
+    # -- statements that would move masked values where masking cannot follow -----------------
+    def refusal(self, sql: str) -> str | None:
+        """Why ``sql`` must not run in this session (None: it may): it would copy values of a
+        masked column into a table, a setting, a notification, a large object or code the
+        gateway cannot follow, from where they could be read back unmasked."""
+        if not self._masks.has_columns or self._snapshot is None:
+            return None
+        analysis = self._policy.analyze(sql)
+        # statements that differ only in constants share their analysis object, and the answer
+        # never depends on a constant: remember it per analysis (holding it keeps the id unique)
+        hit = self._refusals.get(id(analysis))
+        if hit is not None and hit[0] is analysis:
+            return hit[1]
+        reason = self._refusal(sql, analysis)
+        if len(self._refusals) >= _PLAN_CACHE_MAX:
+            self._refusals.clear()
+        self._refusals[id(analysis)] = (analysis, reason)
+        return reason
+
+    def _refusal(self, sql: str, analysis: Any) -> str | None:
+        if analysis.error is not None or not self._touches_masked(analysis):
+            return None
+        if analysis.undecidable is not None or not _CODE_KINDS.isdisjoint(analysis.kinds):
+            return "it reads a masked table inside code the gateway cannot follow"
+        for fn in sorted(analysis.functions):
+            schema, name = split_qualified(fn)
+            if name in _SIDE_EFFECTS or (schema or "pg_catalog") != "pg_catalog" or (
+                    schema is None and (self._snapshot.where_function(name) or {"?"}) - {"pg_catalog"}):
+                return f"it calls {fn} while reading a masked table"
+        if _WRITE_KINDS.isdisjoint(analysis.kinds):
+            return None
+        for what, query in _written_queries(sql):
+            if query is None:
+                return f"it writes into {what} from a masked table in a form the gateway cannot follow"
+            lin = self._statement_lineage(query, 0, -1, exact=False)
+            if lin is None:
+                return f"it writes into {what} from a masked table in a form the gateway cannot follow"
+            for src in lin.columns:
+                if src is None:
+                    if self._may_read_masked(query):
+                        return f"it writes values of unknown origin into {what} while reading a masked table"
+                    continue
+                masked = sorted(x for x in src if self._masks.source(x) is not None or x in _FOREIGN_VALUES)
+                if masked:
+                    return f"it writes values of masked column {masked[0]} into {what}"
+        return None
+
+    def _touches_masked(self, analysis: Any) -> bool:
+        snap = self._snapshot
+        for ref in analysis.tables:
+            schema, name = split_qualified(ref)
+            schemas = [schema] if schema is not None else sorted(snap.where_relation(name) or ())
+            if not schemas:
+                return True  # not in the snapshot: it may be a copy made since
+            for s in schemas:
+                rel = snap.relation(s, name)
+                if rel is None or self._relation_has_masks(rel):
+                    return True
+        return False
 
 
 def _decode(sql: bytes | None, encoding: str) -> str | None:
@@ -425,6 +529,73 @@ def _sval(node: Any) -> str:
         if isinstance(s, dict):
             return s.get("sval", "")
     return ""
+
+
+def _fields(body: bytes, encoding: str) -> dict[str, str]:
+    """The fields of an ErrorResponse / NoticeResponse body, decoded in the session's encoding."""
+    out: dict[str, str] = {}
+    pos, n = 0, len(body)
+    while pos < n and body[pos] != 0:
+        end = body.find(b"\x00", pos + 1)
+        if end < 0:
+            raise ProtocolViolation("error field is not NUL-terminated")
+        out[chr(body[pos])] = body[pos + 1:end].decode(encoding, "surrogateescape")
+        pos = end + 1
+    return out
+
+
+def _written_queries(sql: str) -> list[tuple[str, str | None]]:
+    """(target, query text) for every write in ``sql``: the query whose rows a write stores,
+    as SELECT text (None when it cannot be put as one)."""
+    import pglast
+    from pglast.stream import RawStream
+    from pglast.visitors import Visitor
+
+    out: list[tuple[str, str | None]] = []
+
+    def text(node: Any) -> str | None:
+        try:
+            return RawStream()(node)
+        except Exception:
+            return None
+
+    class Writes(Visitor):
+        def visit_InsertStmt(self, parent: Any, node: Any) -> None:
+            target = text(node.relation) or "a table"
+            if node.selectStmt is not None:
+                out.append((target, text(node.selectStmt)))
+
+        def visit_UpdateStmt(self, parent: Any, node: Any) -> None:
+            target = text(node.relation) or "a table"
+            exprs = [text(t.val) for t in node.targetList or ()]
+            source = [text(node.relation)] + [text(f) for f in node.fromClause or ()]
+            if None in exprs or None in source:
+                out.append((target, None))
+            else:
+                out.append((target, f"SELECT {', '.join(exprs)} FROM {', '.join(source)}"))  # type: ignore[arg-type]
+
+        def visit_MergeStmt(self, parent: Any, node: Any) -> None:
+            out.append((text(node.relation) or "a table", None))
+
+        def visit_CreateTableAsStmt(self, parent: Any, node: Any) -> None:
+            out.append((text(node.into.rel) if node.into else "a table", text(node.query)))  # type: ignore[arg-type]
+
+        def visit_SelectStmt(self, parent: Any, node: Any) -> None:
+            if node.intoClause is not None:
+                into = node.intoClause
+                node.intoClause = None
+                out.append((text(into.rel) or "a table", text(node)))
+
+        def visit_CopyStmt(self, parent: Any, node: Any) -> None:
+            if node.is_from and node.filename:  # COPY FROM a server file
+                out.append(("a table", None))
+
+    try:
+        for stmt in pglast.parse_sql(sql):
+            Writes()(stmt)
+    except Exception:
+        return [("a table", None)]
+    return out
 
 
 def _statements(text: str) -> list[dict[str, Any]]:

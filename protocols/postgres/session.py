@@ -512,8 +512,13 @@ class PostgresSession:
                 return codec.error_response("22021", f"wiregate: the statement is not valid {self._encoding}")
             decision = policy.check_sql(sql)
         if decision.action == "allow":
-            if self.masking is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
-                self.masking.note_statement(sql)
+            if self.masking is not None and msg_type != F_FUNCTION_CALL:
+                reason = self.masking.refusal(sql)
+                if reason is not None:
+                    return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
+                                                "may not be copied where masking cannot follow them")
+                if not _NAMES_QUERIES.isdisjoint(decision.kinds):
+                    self.masking.note_statement(sql)
             if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
                 # later sessions read the catalog again; this one places names it does not
                 # hold along its search path (see SessionPolicy.set_catalog)

@@ -301,3 +301,46 @@ def test_denied_statements_still_denied_in_a_masked_session(mdsn):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DROP TABLE customers")
         assert conn.execute("SELECT count(*) FROM customers").fetchone() == (CUSTOMER_ROWS,)
+
+
+# ------------------------------------------------------------------ copying masked values elsewhere
+
+COPIES = [
+    ("create table as", "CREATE TEMP TABLE mask_copy AS SELECT ssn FROM mask_people"),
+    ("select into", "SELECT id, upper(ssn) AS s INTO TEMP mask_copy2 FROM mask_people"),
+    ("insert select", "INSERT INTO mask_people (id, ssn) SELECT id + 100, ssn FROM mask_people"),
+    ("update from", "UPDATE mask_people SET badge = length(p.ssn) FROM mask_people p WHERE p.id = mask_people.id"),
+    ("cte insert", "WITH s AS (SELECT ssn FROM mask_people) INSERT INTO mask_people (id, ssn) SELECT 7, ssn FROM s"),
+    ("set_config", "SELECT set_config('wiregate.x', ssn, false) FROM mask_people"),
+    ("pg_notify", "SELECT pg_notify('ch', ssn) FROM mask_people"),
+    ("large object", "SELECT lo_from_bytea(0, convert_to(ssn, 'UTF8')) FROM mask_people"),
+    ("do block", "DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn FROM mask_people LIMIT 1); END $$"),
+    ("materialized view", "CREATE MATERIALIZED VIEW mask_mv AS SELECT ssn FROM mask_people"),
+]
+
+
+@pytest.mark.parametrize("sql", [q for _, q in COPIES], ids=[i for i, _ in COPIES])
+def test_copying_masked_values_where_masking_cannot_follow_is_refused(mdsn, sql):
+    with psycopg.connect(mdsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="blocked by mask rules"):
+            conn.execute(sql)
+        assert conn.execute("SELECT count(*) FROM mask_people").fetchone() == (2,)
+
+
+def test_writes_that_copy_nothing_masked_pass(mdsn):
+    with psycopg.connect(mdsn) as conn:  # rolled back at the end
+        conn.execute("UPDATE mask_people SET badge = badge + 1 WHERE id = 2")
+        conn.execute("INSERT INTO mask_people (id, ssn, badge) SELECT id + 10, 'n/a', badge FROM mask_people")
+        conn.execute("CREATE TEMP TABLE mask_ids AS SELECT id, badge FROM mask_people")
+        assert conn.execute("SELECT count(*) FROM mask_ids").fetchone() == (4,)
+        conn.rollback()
+
+
+def test_error_texts_do_not_quote_masked_values(mdsn):
+    with psycopg.connect(mdsn) as conn:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as e:
+            conn.execute("SELECT ssn::int FROM mask_people")
+        assert "123-45-6789" not in str(e.value) and "987-65-4320" not in str(e.value)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.UndefinedColumn, match="nope"):  # errors that hold no data stay
+            conn.execute("SELECT nope FROM mask_people")

@@ -78,7 +78,10 @@ class Masker:
     def mask_copy(self, plan, body):
         return body.replace(b"hunter2", b"*******")
 
-    def mask_message(self, body):
+    def mask_message(self, body, sql):
+        return body.replace(b"hunter2", b"*******")
+
+    def mask_notification(self, body):
         return body.replace(b"hunter2", b"*******")
 
 
@@ -288,7 +291,10 @@ class PlanMasker:
     def mask_copy(self, plan, body):
         return body
 
-    def mask_message(self, body):
+    def mask_message(self, body, sql):
+        return body
+
+    def mask_notification(self, body):
         return body
 
 
