@@ -167,7 +167,7 @@ class SessionPolicy:
         "protocol", "target", "identity", "groups", "rules", "mask_rules", "masks", "default", "inspects_sql",
         "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_name_sensitive",
         "_backslash_unsafe", "_where_table", "_where_function", "search_path", "_initial_path", "_catalog",
-        "_in_txn",
+        "_in_txn", "_tracks_path",
     )
 
     def __init__(
@@ -199,6 +199,8 @@ class SessionPolicy:
         # holds, the search path for the others; None when the path is not known
         self._catalog: tuple[Where, Where] | None = None
         self._in_txn = False  # inside BEGIN ... COMMIT, as far as the statements tell
+        # name rules place names along it, masking resolves lineage with it
+        self._tracks_path = self._name_sensitive or bool(self.masks)
         self._initial_path: tuple[str, ...] | None = _DEFAULT_PATH
         self.search_path: tuple[str, ...] | None = _DEFAULT_PATH
         self._where_table: Where = _default_table_schemas
@@ -211,7 +213,7 @@ class SessionPolicy:
         analysis = self._analyze(sql)
         if analysis.error is not None:
             return self._unparsable(analysis)
-        if self._name_sensitive and not _PATH_AND_TXN.isdisjoint(analysis.leaves):
+        if self._tracks_path and not _PATH_AND_TXN.isdisjoint(analysis.leaves):
             after = self._follow_search_path(sql, analysis)
             if after is not _SAME:
                 decision = self._decide_sql(analysis, sql)  # with either path possible, uncached

@@ -115,16 +115,17 @@ def _names(nodes: list[Any]) -> list[str]:
 # Built-in knowledge
 
 # pg_catalog functions whose result can hold any column without a column reference showing it:
-# they run SQL given as text, read table files, large objects or WAL, or read session state an
-# earlier statement may have filled with copied values (set_config then current_setting, setval
-# then currval). Never trusted.
+# they run SQL given as text, read table files, large objects or WAL. Never trusted.
+# (Session state an earlier statement filled with copied values — set_config then
+# current_setting, setval then currval — is closed the other way: the PostgreSQL relay refuses
+# the statement that would copy a masked value there, see protocols/postgres/resultmask.py.)
 _DENY_FUNCTIONS = frozenset("""
     query_to_xml query_to_xml_and_xmlschema query_to_xmlschema cursor_to_xml cursor_to_xmlschema
     table_to_xml table_to_xml_and_xmlschema table_to_xmlschema schema_to_xml
     schema_to_xml_and_xmlschema schema_to_xmlschema database_to_xml database_to_xml_and_xmlschema
     database_to_xmlschema ts_stat pg_read_file pg_read_binary_file lo_get loread lo_export
     pg_logical_slot_get_changes pg_logical_slot_peek_changes pg_logical_slot_get_binary_changes
-    pg_logical_slot_peek_binary_changes current_setting currval lastval pg_sequence_last_value
+    pg_logical_slot_peek_binary_changes
 """.split())
 
 # Well-known pg_catalog functions whose result is computed from their arguments only: trusted

@@ -92,16 +92,24 @@ class Tracker:
     queue of messages sent and not yet answered. Kept only when results are masked.
 
     ``queue`` holds ``[kind, ...]`` lists in the order the messages went upstream;
-    ``statements`` maps a statement name to its SQL (raw bytes), ``portals`` a portal name to
-    ``[sql, plan]`` where plan is the masking plan of its rows (``UNKNOWN`` until described).
+    ``statements`` maps a statement name to its SQL text (None: unknown), ``portals`` a portal
+    name to ``[sql, plan]`` where plan is the masking plan of its rows (``UNKNOWN`` until
+    described). A name the tracker does not hold has unknown SQL: masking then assumes the worst.
     """
 
-    __slots__ = ("queue", "statements", "portals")
+    __slots__ = ("queue", "statements", "portals", "decode")
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], str | None] = lambda raw: raw.decode("utf-8", "replace")) -> None:
         self.queue: deque[list] = deque()
-        self.statements: dict[bytes, bytes] = {}
+        self.statements: dict[bytes, str | None] = {}
         self.portals: dict[bytes, list] = {}
+        # statement texts are kept decoded as they were when checked: a later change of
+        # client_encoding must not change what a stored statement is read as
+        self.decode = decode
+
+    def forget_statements(self) -> None:
+        """SQL-level DEALLOCATE / DISCARD / PREPARE may have changed what a name means."""
+        self.statements.clear()
 
 
 def _names(data: bytes, pos: int, stop: int, count: int) -> tuple[list[bytes], int] | None:
@@ -277,14 +285,16 @@ class FrontendStream:
                 return self._refuse(error, name)
             self._forget_refused(name)
             if tracker is not None:
-                tracker.statements[name] = data[sql_end:data.index(b"\x00", sql_end, end)]
+                if not name or name not in tracker.statements:
+                    # a named statement is never redefined: the server refuses a second Parse (42P05)
+                    tracker.statements[name] = tracker.decode(data[sql_end:data.index(b"\x00", sql_end, end)])
                 tracker.queue.append([X_PARSE])
             return None
         if error is not None:
             return self._refuse(error, None)
         if tracker is not None:
             if t == Q_QUERY:
-                tracker.queue.append([X_QUERY, data[body:end - 1]])
+                tracker.queue.append([X_QUERY, tracker.decode(data[body:end - 1])])
             else:
                 tracker.queue.append([X_FUNCTION])
         return None
@@ -402,17 +412,19 @@ class ResultMasker(Protocol):
     pass untouched.
     """
 
-    def row_plan(self, sql: bytes | None, index: int, row_description: bytes) -> object | None: ...
+    def row_plan(self, sql: str | None, index: int, row_description: bytes) -> object | None: ...
 
     def mask_row(self, plan: object, body: bytes) -> bytes: ...
 
-    def copy_plan(self, sql: bytes | None, index: int, copy_response: bytes) -> object | None: ...
+    def copy_plan(self, sql: str | None, index: int, copy_response: bytes) -> object | None: ...
 
     def mask_copy(self, plan: object, body: bytes) -> bytes: ...
 
-    def mask_message(self, body: bytes, sql: bytes | None) -> bytes: ...
+    def mask_message(self, body: bytes, sql: str | None) -> bytes: ...
 
     def mask_notification(self, body: bytes) -> bytes: ...
+
+    def statement_done(self, sql: str | None, index: int, tag: bytes) -> None: ...
 
 
 # backend message types the masking stream reacts to
@@ -503,7 +515,7 @@ class MaskingBackendStream(BackendStream):
             pos = end
         return _emit(data, start, pos, out)
 
-    def _current_sql(self, head: list | None) -> bytes | None:
+    def _current_sql(self, head: list | None) -> str | None:
         """The statement text the reply at the head of the queue belongs to, when known."""
         if head is None:
             return None
@@ -545,6 +557,11 @@ class MaskingBackendStream(BackendStream):
                 self._plan = self._masker.row_plan(head[1], self._index, data[body:end])  # type: ignore[index]
             return None
         if t == _C_COMPLETE or t == _I_EMPTY or t == _S_SUSPENDED:
+            if t == _C_COMPLETE:
+                # what a statement declared for later (a cursor, a prepared statement) counts
+                # once the server has done it
+                self._masker.statement_done(self._current_sql(head), self._index if kind == X_QUERY else 0,
+                                            data[body:end])
             if kind == X_EXECUTE:
                 queue.popleft()
             elif kind == X_QUERY:

@@ -55,11 +55,10 @@ _FOREIGN_VALUES = frozenset(
     + ["pg_catalog.pg_statistic_ext_data.stxdmcv", "pg_catalog.pg_statistic_ext_data.stxdexpr"]
 )
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
-_VALUE_CLASSES = ("22", "23")
-# SQLSTATE classes whose messages never quote row values: syntax and names, privileges,
-# transaction state, connection, resources, operator intervention, configuration
-_DATALESS_CLASSES = ("42", "0A", "25", "26", "28", "2D", "34", "3D", "3F", "40", "53", "54", "55", "57", "58",
-                     "08", "0B", "0F", "0L", "0P", "24", "F0")
+# SQLSTATE classes whose messages never quote row values: transaction state, connection,
+# resources, operator intervention, configuration (names, class 42, are handled apart)
+_DATALESS_CLASSES = ("0A", "25", "26", "28", "2D", "40", "53", "54", "55", "57", "58", "08", "0B", "0F", "0L",
+                     "0P", "F0")
 _HIDDEN = "(message hidden by wiregate: it may hold masked values)"
 # statements that hold code: what it does with the values it reads cannot be followed
 _CODE_KINDS = frozenset({"DO", "CREATE FUNCTION", "CREATE PROCEDURE", "CREATE TRIGGER", "CREATE RULE",
@@ -127,23 +126,30 @@ class ResultMasking:
         # plans by RowDescription, or by (statement, index, RowDescription) when the statement mattered
         self._plans: dict[object, RowPlan | None] = {}
         self._relation_masked: dict[int, bool] = {}
-        self._refusals: dict[int, tuple[Any, str | None]] = {}
+        self._refusals: dict[tuple[int, bool, bool], tuple[Any, str | None]] = {}
+        self._moved_before = False
+        self._ddl_seen = False
+        self._start_path = policy.search_path
         # cursors (DECLARE) and prepared statements (PREPARE) by name: the statement whose rows
         # a later FETCH / EXECUTE returns, as (text, index)
         self._named: dict[tuple[str, str], tuple[str, int]] = {}
 
-    def note_statement(self, sql: str) -> None:
-        """Remember the cursors and prepared statements ``sql`` declares (see ``_named``)."""
-        for i, node in enumerate(_statements(sql)):
-            for kind, key in (("DeclareCursorStmt", "portalname"), ("PrepareStmt", "name")):
-                stmt = node.get(kind)
-                if isinstance(stmt, dict) and isinstance(stmt.get(key), str):
-                    if len(self._named) >= _PLAN_CACHE_MAX:
-                        self._named.clear()
-                    self._named[(kind, stmt[key])] = (sql, i)
+    def statement_done(self, sql: str | None, index: int, tag: bytes) -> None:
+        """A statement completed (CommandComplete): remember the cursor or prepared statement it
+        declared (see ``_named``) now that the server has it."""
+        if not (tag.startswith(b"DECLARE CURSOR") or tag.startswith(b"PREPARE")) or sql is None:
+            return
+        nodes = _statements(sql)
+        node = nodes[index] if index < len(nodes) else {}
+        for kind, key in (("DeclareCursorStmt", "portalname"), ("PrepareStmt", "name")):
+            stmt = node.get(kind)
+            if isinstance(stmt, dict) and isinstance(stmt.get(key), str):
+                if len(self._named) >= _PLAN_CACHE_MAX:
+                    self._named.clear()
+                self._named[(kind, stmt[key])] = (sql, index)
 
     # -- rows --------------------------------------------------------------------------------
-    def row_plan(self, sql: bytes | None, index: int, row_description: bytes) -> RowPlan | None:
+    def row_plan(self, sql: str | None, index: int, row_description: bytes) -> RowPlan | None:
         # most plans follow from the RowDescription alone (every column a plain reference)
         plans = self._plans
         try:
@@ -164,7 +170,7 @@ class ResultMasking:
     def mask_row(self, plan: RowPlan, body: bytes) -> bytes:
         return mask_data_row(body, plan)
 
-    def _build_plan(self, sql: bytes | None, index: int, row_description: bytes) -> tuple[RowPlan | None, bool]:
+    def _build_plan(self, sql: str | None, index: int, row_description: bytes) -> tuple[RowPlan | None, bool]:
         """The plan, and whether it depends on the statement (not only on the RowDescription)."""
         encoding = self._encoding() or "utf-8"
         fields = parse_row_description(row_description, encoding)
@@ -172,16 +178,27 @@ class ResultMasking:
             return None, False
         used_sql = False
         sources: list[frozenset[str] | None] = [frozenset()] * len(fields)
+        # a column the lineage of a row-returning statement cannot tell is masked outright
+        unknown_in_rows = False
         if self._masks.has_columns:
-            text = _decode(sql, encoding)
+            server = [self._server_source(f.table_oid, f.attnum) if f.table_oid else None for f in fields]
+            # a relation the snapshot does not know (a temporary one shadowing a table, one
+            # created since) means names in this statement may not be what the snapshot says
+            names_trusted = not self._stale and not any(f.table_oid and src is None for f, src in zip(fields, server))
             lineage: OutputLineage | None | bool = False  # False: not computed yet
             for i, f in enumerate(fields):
-                src = self._server_source(f.table_oid, f.attnum) if f.table_oid else None
+                src = server[i]
                 if src is None:
                     used_sql = True
                     if lineage is False:
-                        lineage = self._statement_lineage(text, index, len(fields))
-                    src = lineage.columns[i] if lineage is not None else None  # type: ignore[union-attr]
+                        # with names in doubt only "derives from no column" (count(*), constants)
+                        # still holds, and not even that once a session function may shadow a built-in
+                        lineage = None if self._path_moved else self._statement_lineage(sql, index, len(fields))
+                    if lineage is not None:
+                        src = lineage.columns[i]  # type: ignore[union-attr]
+                        if src and not names_trusted:
+                            src = None
+                        unknown_in_rows = unknown_in_rows or src is None
                 sources[i] = src
         columns: list[ColumnMask | None] = []
         unknown_reads: bool | None = None
@@ -190,7 +207,7 @@ class ResultMasking:
             if src is None:
                 used_sql = True
                 if unknown_reads is None:
-                    unknown_reads = self._may_read_masked(_decode(sql, encoding))
+                    unknown_reads = unknown_in_rows or self._may_read_masked(sql)
                 if unknown_reads:
                     whole = self._blanket
             elif src:
@@ -280,24 +297,37 @@ class ResultMasking:
             return True
         if not _INDIRECT.isdisjoint(analysis.kinds):
             return True
+        if (self._path_moved and analysis.functions) or (self._stale and analysis.tables):
+            return True  # DDL ran or the search path moved: names may mean something else now
+        return self._calls_unknown_code(analysis) or self._touches_masked(analysis)
+
+    def _calls_unknown_code(self, analysis: Any) -> bool:
+        """Whether a statement calls a function that is not a built-in (it may read anything)."""
         snap = self._snapshot
         for fn in analysis.functions:
             schema, name = split_qualified(fn)
             if schema is not None:
                 if schema != "pg_catalog":
                     return True
-            elif (snap.where_function(name) or frozenset({"?"})) - {"pg_catalog"}:
-                return True  # a function that is not a built-in may read anything
-        for ref in analysis.tables:
-            schema, name = split_qualified(ref)
-            schemas = [schema] if schema is not None else sorted(snap.where_relation(name) or ())
-            if not schemas:
-                return True  # not in the snapshot: created since
-            for s in schemas:
-                rel = snap.relation(s, name)
-                if rel is None or self._relation_has_masks(rel):
-                    return True
+            elif (snap.where_function(name) or frozenset({"?"})) - {"pg_catalog"}:  # type: ignore[union-attr]
+                return True
         return False
+
+    @property
+    def _path_moved(self) -> bool:
+        """Whether the search path differs from the snapshot's: a session function may now
+        shadow a built-in, a relation resolve to another schema."""
+        return self._policy.search_path != self._start_path
+
+    @property
+    def _stale(self) -> bool:
+        """Whether relation names may no longer mean what the snapshot says, in this session
+        (DDL ran: a temporary relation may shadow a table, a column may have been renamed)."""
+        return self._ddl_seen or self._path_moved
+
+    def ddl_seen(self) -> None:
+        """The session ran DDL: from now on lineage by name is not trusted (see ``_stale``)."""
+        self._ddl_seen = True
 
     def _relation_has_masks(self, rel: Relation) -> bool:
         key = id(rel)
@@ -315,9 +345,9 @@ class ResultMasking:
         return hit
 
     # -- COPY --------------------------------------------------------------------------------
-    def copy_plan(self, sql: bytes | None, index: int, copy_response: bytes) -> _CopyPlan | None:
+    def copy_plan(self, sql: str | None, index: int, copy_response: bytes) -> _CopyPlan | None:
         encoding = self._encoding() or "utf-8"
-        text = _decode(sql, encoding)
+        text = sql
         stmt = _copy_statement(text, index)
         if len(copy_response) < 3:
             raise ProtocolViolation("CopyOutResponse is truncated")
@@ -399,7 +429,7 @@ class ResultMasking:
         return False
 
     # -- error and notice texts ---------------------------------------------------------------
-    def mask_message(self, body: bytes, sql: bytes | None = None) -> bytes:
+    def mask_message(self, body: bytes, sql: str | None = None) -> bytes:
         """An ErrorResponse / NoticeResponse body with values that may be masked taken out.
 
         Detectors run over every text field. With column rules, a message raised while a
@@ -411,19 +441,23 @@ class ResultMasking:
         encoding = self._encoding() or "utf-8"
         fields = _fields(body, encoding)
         code = fields.get("C", "")
-        hide = (self._masks.has_columns and not code.startswith(_DATALESS_CLASSES)
-                and self._may_read_masked(_decode(sql, encoding)))
+        reads = (self._masks.has_columns and not code.startswith(_DATALESS_CLASSES)
+                 and self._may_read_masked(sql))
+        # names in errors (class 42: `relation "x" does not exist`) are what the caller wrote,
+        # except when a value was turned into a name (`ssn::regclass`): keep only quoted words
+        # that appear in the statement
+        names_only = reads and code.startswith("42")
         changed = False
         for key in ("M", "D", "H", "W", "w", "s", "t", "c", "d", "n"):
             value = fields.get(key)
             if not value:
                 continue
-            if hide:
+            if reads and not names_only:
                 new = _HIDDEN if key == "M" else ""
             else:
                 new = value
-                if self._masks.has_columns and code.startswith(_VALUE_CLASSES):
-                    new = _HIDDEN if key == "D" else _QUOTED.sub('"***"', new)
+                if names_only:
+                    new = _QUOTED.sub(lambda m: m.group(0) if sql and m.group(0)[1:-1] in sql else '"***"', new)
                 if self._scans:
                     new = scrub(new, self._scans) or ""
             if new != value:
@@ -459,41 +493,53 @@ class ResultMasking:
         analysis = self._policy.analyze(sql)
         # statements that differ only in constants share their analysis object, and the answer
         # never depends on a constant: remember it per analysis (holding it keeps the id unique)
-        hit = self._refusals.get(id(analysis))
+        # the search path as it was before this statement: a statement that moves it is
+        # judged by where names resolved when it was written
+        moved, self._moved_before = self._moved_before, self._path_moved
+        key = (id(analysis), moved, self._ddl_seen)
+        hit = self._refusals.get(key)
         if hit is not None and hit[0] is analysis:
             return hit[1]
-        reason = self._refusal(sql, analysis)
+        reason = self._refusal(sql, analysis, moved)
         if len(self._refusals) >= _PLAN_CACHE_MAX:
             self._refusals.clear()
-        self._refusals[id(analysis)] = (analysis, reason)
+        self._refusals[key] = (analysis, reason)
         return reason
 
-    def _refusal(self, sql: str, analysis: Any) -> str | None:
-        if analysis.error is not None or not self._touches_masked(analysis):
+    def _refusal(self, sql: str, analysis: Any, moved: bool) -> str | None:
+        if analysis.error is not None:
             return None
+        touches = self._touches_masked(analysis)
+        unknown_code = self._calls_unknown_code(analysis)
+        if not touches and not unknown_code and not (moved and analysis.functions):
+            return None
+        what = "a masked table" if touches else "a function that may read masked tables"
         if analysis.undecidable is not None or not _CODE_KINDS.isdisjoint(analysis.kinds):
-            return "it reads a masked table inside code the gateway cannot follow"
+            return f"it reads {what} inside code the gateway cannot follow"
+        if touches and "ALTER" in analysis.kinds:
+            # renaming, retyping (ALTER ... USING), generated columns, inheritance, attaching:
+            # all can carry values out of a rule's reach
+            return "it alters a relation with masked columns"
         for fn in sorted(analysis.functions):
-            schema, name = split_qualified(fn)
-            if name in _SIDE_EFFECTS or (schema or "pg_catalog") != "pg_catalog" or (
-                    schema is None and (self._snapshot.where_function(name) or {"?"}) - {"pg_catalog"}):
-                return f"it calls {fn} while reading a masked table"
+            name = split_qualified(fn)[1]
+            if name in _SIDE_EFFECTS or name.startswith(("pg_advisory", "pg_try_advisory")):
+                return f"it calls {fn} while reading {what}"
         if _WRITE_KINDS.isdisjoint(analysis.kinds):
             return None
-        for what, query in _written_queries(sql):
+        for target, query in _written_queries(sql):
             if query is None:
-                return f"it writes into {what} from a masked table in a form the gateway cannot follow"
-            lin = self._statement_lineage(query, 0, -1, exact=False)
+                return f"it writes into {target} from {what} in a form the gateway cannot follow"
+            lin = self._statement_lineage(query, 0, -1, exact=False) if not self._stale else None
             if lin is None:
-                return f"it writes into {what} from a masked table in a form the gateway cannot follow"
+                return f"it writes into {target} from {what} in a form the gateway cannot follow"
             for src in lin.columns:
                 if src is None:
                     if self._may_read_masked(query):
-                        return f"it writes values of unknown origin into {what} while reading a masked table"
+                        return f"it writes values of unknown origin into {target} while reading {what}"
                     continue
                 masked = sorted(x for x in src if self._masks.source(x) is not None or x in _FOREIGN_VALUES)
                 if masked:
-                    return f"it writes values of masked column {masked[0]} into {what}"
+                    return f"it writes values of masked column {masked[0]} into {target}"
         return None
 
     def _touches_masked(self, analysis: Any) -> bool:
@@ -508,15 +554,6 @@ class ResultMasking:
                 if rel is None or self._relation_has_masks(rel):
                     return True
         return False
-
-
-def _decode(sql: bytes | None, encoding: str) -> str | None:
-    if sql is None:
-        return None
-    try:
-        return sql.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        return None
 
 
 def _ident(name: str) -> str:

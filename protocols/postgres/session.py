@@ -34,8 +34,9 @@ log = logging.getLogger("wiregate.postgres")
 
 STARTUP_TIMEOUT = 60.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
-# statement kinds that name a query for later (FETCH / EXECUTE): masking follows them
-_NAMES_QUERIES = frozenset({"DECLARE", "PREPARE"})
+# statement kinds that may give a statement name another meaning (SQL PREPARE shares its names
+# with the protocol's Parse)
+_NAMES_QUERIES = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
 # statement kinds after which the catalog snapshot may be out of date
 _DDL = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT"})
 # the catalog's largest message: a view definition
@@ -181,6 +182,7 @@ class PostgresSession:
         self._scs_on = True
         self.catalog: CatalogSnapshot | None = None
         self.masking: ResultMasking | None = None
+        self.tracker: Tracker | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -452,7 +454,7 @@ class PostgresSession:
         self._on_parameter("standard_conforming_strings", server_params.get("standard_conforming_strings", "on"))
         refusals = Refusals()
         if self.policy.masks:
-            tracker = Tracker()
+            tracker = self.tracker = Tracker(self._decode_statement)
             self.masking = ResultMasking(self.policy, self.catalog, lambda: self._encoding, self.listener.lineage)
             backend: BackendStream = MaskingBackendStream(refusals, tracker, self.masking, server_params)
         else:
@@ -478,6 +480,12 @@ class PostgresSession:
 
     # ------------------------------------------------------------ policy
 
+    def _decode_statement(self, raw: bytes) -> str | None:
+        try:
+            return raw.decode(self._encoding) if self._encoding else None
+        except UnicodeDecodeError:
+            return None
+
     def _on_parameter(self, name: str, value: str) -> None:
         if name == "client_encoding":
             self._encoding = codec.python_encoding(value)
@@ -492,6 +500,10 @@ class PostgresSession:
         if msg_type == F_FUNCTION_CALL:
             oid = I32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
             name = self.catalog.functions.get(oid, "") if self.catalog is not None else ""
+            if self.masking is not None and self.policy.masks.has_columns and not name.startswith("pg_catalog."):
+                # its result comes back in a FunctionCallResponse, a value of unknown origin
+                return codec.error_response("42501", "wiregate: blocked by mask rules: a fastpath call of a function "
+                                            "that is not a built-in may return masked values unmasked")
             decision = policy.check(Command(protocol="postgres", target=self.target.name, kind="function_call",
                                             text=name))
         else:
@@ -517,12 +529,15 @@ class PostgresSession:
                 if reason is not None:
                     return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
                                                 "may not be copied where masking cannot follow them")
-                if not _NAMES_QUERIES.isdisjoint(decision.kinds):
-                    self.masking.note_statement(sql)
+                if self.tracker is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
+                    self.tracker.forget_statements()
             if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
                 # later sessions read the catalog again; this one places names it does not
-                # hold along its search path (see SessionPolicy.set_catalog)
+                # hold along its search path (see SessionPolicy.set_catalog), and masking
+                # stops trusting names (see ResultMasking.ddl_seen)
                 self.listener.catalogs.invalidate_target(self.target.name)
+                if self.masking is not None:
+                    self.masking.ddl_seen()
             return None
         if decision.action == "review":
             return codec.error_response(decision.sqlstate or "42501",

@@ -360,8 +360,6 @@ def test_expressions(expr, expected):
     "pg_catalog.query_to_xml('select 1', true, false, '')",
     "ts_stat('select to_tsvector(ssn) from users')",
     "pg_read_file('base/1/2')",
-    "current_setting('my.copied')",  # set_config(..., ssn, ...) in an earlier statement
-    "currval('s')",
 ])
 def test_opaque_expressions_are_unknown(expr):
     assert lin(f"SELECT {expr} FROM users") == (None,)
@@ -376,7 +374,8 @@ def test_function_trust_with_a_known_function_list():
     assert lin("SELECT pg_size_pretty(id) FROM users") == (None,)  # unknown list: only well-known built-ins
     assert lin("SELECT pg_catalog.pg_size_pretty(id) FROM users") == (U("id"),)
     assert lin("SELECT query_to_xml('x', true, false, '') FROM users", known) == (None,)
-    assert lin("SELECT set_config('my.v', ssn, false), current_setting('my.v') FROM users", known) == (U("ssn"), None)
+    # session state: the relay refuses the statement that would copy a masked value into it
+    assert lin("SELECT set_config('my.v', ssn, false), current_setting('my.v') FROM users", known) == (U("ssn"), U())
     shadow = Catalog(relations=CATALOG.relations, functions=frozenset({"public.upper"}))
     assert lin("SELECT upper(email), pg_catalog.upper(email) FROM users", shadow) == (None, U("email"))
 

@@ -61,7 +61,7 @@ class Masker:
     """Masks every value of a result whose RowDescription names a column "secret"."""
 
     def __init__(self) -> None:
-        self.plans: list[tuple[bytes | None, int]] = []
+        self.plans: list[tuple[str | None, int]] = []
 
     def row_plan(self, sql, index, row_description):
         if b"secret\x00" not in row_description:
@@ -73,7 +73,7 @@ class Masker:
         return body.replace(b"hunter2", b"*******")
 
     def copy_plan(self, sql, index, copy_response):
-        return "copy" if sql and b"secret" in sql else None
+        return "copy" if sql and "secret" in sql else None
 
     def mask_copy(self, plan, body):
         return body.replace(b"hunter2", b"*******")
@@ -83,6 +83,9 @@ class Masker:
 
     def mask_notification(self, body):
         return body.replace(b"hunter2", b"*******")
+
+    def statement_done(self, sql, index, tag):
+        self.done = getattr(self, "done", []) + [(sql, index, tag)]
 
 
 def streams(masker=None):
@@ -117,7 +120,7 @@ def test_unnamed_statement_with_portal_describe_is_masked():
     got = back.feed(PARSED + BOUND + rowdesc("secret") + datarow(b"hunter2") + complete() + READY)
     assert types(got) == "12TDCZ"
     assert b"hunter2" not in got and b"*******" in got
-    assert masker.plans == [(b"SELECT secret FROM t", 0)]
+    assert masker.plans == [("SELECT secret FROM t", 0)]
 
 
 def test_execute_without_describe_gets_an_injected_describe_whose_reply_is_swallowed():
@@ -130,7 +133,7 @@ def test_execute_without_describe_gets_an_injected_describe_whose_reply_is_swall
     got = back.feed(BOUND + rowdesc("secret") + datarow(b"hunter2") + datarow(b"hunter2") + complete() + READY)
     assert types(got) == "2DDCZ"  # no RowDescription the client did not ask for
     assert b"hunter2" not in got
-    assert masker.plans == [(b"SELECT secret FROM t", 0)]
+    assert masker.plans == [("SELECT secret FROM t", 0)]
 
 
 def test_byte_by_byte_feeding_gives_the_same_stream():
@@ -150,7 +153,7 @@ def test_simple_query_plans_follow_the_statement_index():
                     + complete() + READY)
     rows = [body for t, body in split_messages(got) if t == "D"]
     assert b"hunter2" not in rows[0] and b"hunter2" in rows[1]
-    assert masker.plans == [(b"SELECT secret FROM t; SELECT 1 AS other", 0)]
+    assert masker.plans == [("SELECT secret FROM t; SELECT 1 AS other", 0)]
     # the next Query starts counting again
     front.feed(codec.query("SELECT secret FROM t"))
     back.feed(rowdesc("secret") + datarow(b"x") + complete() + READY)
@@ -296,6 +299,9 @@ class PlanMasker:
 
     def mask_notification(self, body):
         return body
+
+    def statement_done(self, sql, index, tag):
+        pass
 
 
 def _rowdesc_typed(types: list[int], fmt: int) -> bytes:
