@@ -40,9 +40,11 @@ CATALOG_QUERY = codec.query(
     " WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'f', 'p')"
     " AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY a.attrelid, a.attnum;"
     "SELECT oid FROM pg_type WHERE typcategory = 'S';"
-    "SELECT p.oid, n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+    "SELECT p.oid, n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace;"
+    # inheritance and partitions: a parent's rows include its children's
+    "SELECT inhrelid, inhparent FROM pg_inherits"
 )
-_RESULTS = 5
+_RESULTS = 6
 
 
 class Relation(msgspec.Struct, frozen=True):
@@ -66,6 +68,9 @@ class CatalogSnapshot(msgspec.Struct, frozen=True):
     relation_schemas: dict[str, frozenset[str]]  # name -> schemas holding a relation so named
     function_schemas: dict[str, frozenset[str]]
     by_name: dict[tuple[str, str], int] = {}  # (schema, name) -> relation OID
+    # inheritance (partitions included), both ways: relation OID -> its parents / its children
+    parents: dict[int, tuple[int, ...]] = {}
+    children: dict[int, tuple[int, ...]] = {}
     loaded_at: float = 0.0
 
     def where_relation(self, name: str) -> frozenset[str] | None:
@@ -77,6 +82,21 @@ class CatalogSnapshot(msgspec.Struct, frozen=True):
     def relation(self, schema: str, name: str) -> Relation | None:
         oid = self.by_name.get((schema, name))
         return self.relations.get(oid) if oid is not None else None
+
+    def relatives(self, oid: int) -> list[int]:
+        """Every ancestor and descendant of a relation (inheritance, partitions), not itself."""
+        seen = {oid}
+        out: list[int] = []
+        for links in (self.parents, self.children):
+            stack = list(links.get(oid, ()))
+            while stack:
+                o = stack.pop()
+                if o in seen:
+                    continue
+                seen.add(o)
+                out.append(o)
+                stack.extend(links.get(o, ()))
+        return out
 
     def column(self, table_oid: int, attnum: int) -> tuple[Relation, str] | None:
         rel = self.relations.get(table_oid)
@@ -136,7 +156,7 @@ def _values(body: bytes, encoding: str) -> list[str | None]:
     return out
 
 
-def build_snapshot(path_rows, relation_rows, column_rows, type_rows, function_rows) -> CatalogSnapshot:
+def build_snapshot(path_rows, relation_rows, column_rows, type_rows, function_rows, inherit_rows=()) -> CatalogSnapshot:
     columns: dict[int, dict[int, str]] = {}
     types: dict[int, dict[int, int]] = {}
     for relid, attnum, attname, typid in column_rows:
@@ -153,7 +173,14 @@ def build_snapshot(path_rows, relation_rows, column_rows, type_rows, function_ro
     for oid, schema, name in function_rows:
         functions[int(oid)] = f"{schema}.{name}"
         function_schemas.setdefault(name, set()).add(schema)
+    parents: dict[int, list[int]] = {}
+    children: dict[int, list[int]] = {}
+    for child, parent in inherit_rows:
+        parents.setdefault(int(child), []).append(int(parent))
+        children.setdefault(int(parent), []).append(int(child))
     return CatalogSnapshot(
+        parents={k: tuple(v) for k, v in parents.items()},
+        children={k: tuple(v) for k, v in children.items()},
         search_path=tuple(r[0] for r in path_rows if r[0]),
         relations=relations,
         text_types=frozenset(int(r[0]) for r in type_rows),

@@ -195,7 +195,7 @@ class ResultMasking:
                         # still holds, and not even that once a session function may shadow a built-in
                         lineage = None if self._path_moved else self._statement_lineage(sql, index, len(fields))
                     if lineage is not None:
-                        src = lineage.columns[i]  # type: ignore[union-attr]
+                        src = self._with_kin(lineage.columns[i])  # type: ignore[union-attr]
                         if src and not names_trusted:
                             src = None
                         unknown_in_rows = unknown_in_rows or src is None
@@ -254,7 +254,7 @@ class ResultMasking:
         col = rel.columns.get(attnum)
         if col is None:
             return None
-        own = frozenset({f"{_ident(rel.schema)}.{_ident(rel.name)}.{_ident(col)}"})
+        own = frozenset({f"{_ident(rel.schema)}.{_ident(rel.name)}.{_ident(col)}"}) | self._kin(table_oid, col)
         if rel.kind in ("v", "m"):
             if rel.definition is None:
                 return own if rel.schema in ("pg_catalog", "information_schema") else None
@@ -263,6 +263,30 @@ class ResultMasking:
                 return None
             return own | vl.columns[attnum - 1]  # type: ignore[operator]
         return own
+
+    def _kin(self, oid: int, column: str) -> frozenset[str]:
+        """The same column in the relation's ancestors and descendants: a parent's rows include
+        its partitions' and children's, and a partition holds its parent's rows, so a rule on
+        either covers both."""
+        snap = self._snapshot
+        out = set()
+        for other in snap.relatives(oid):  # type: ignore[union-attr]
+            rel = snap.relations.get(other)  # type: ignore[union-attr]
+            if rel is not None and column in rel.columns.values():
+                out.add(f"{_ident(rel.schema)}.{_ident(rel.name)}.{_ident(column)}")
+        return frozenset(out)
+
+    def _with_kin(self, sources: frozenset[str] | None) -> frozenset[str] | None:
+        """Lineage sources with each column's kin added (see ``_kin``)."""
+        if not sources or self._snapshot is None or not self._snapshot.parents:
+            return sources
+        out = set(sources)
+        for src in sources:
+            schema, table, column = split_source(src)
+            oid = self._snapshot.by_name.get((schema, table))
+            if oid is not None:
+                out |= self._kin(oid, column)
+        return frozenset(out)
 
     def _statement_lineage(self, text: str | None, index: int, width: int, depth: int = 0, *,
                            exact: bool = True) -> OutputLineage | None:

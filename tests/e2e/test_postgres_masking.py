@@ -35,6 +35,12 @@ CREATE VIEW mask_contacts AS SELECT id, email AS contact, name FROM customers;
 CREATE VIEW mask_contacts2 AS SELECT c.contact AS addr, upper(c.name) AS who FROM mask_contacts c;
 CREATE TABLE mask_people (id int PRIMARY KEY, ssn text, salary numeric, badge int);
 INSERT INTO mask_people VALUES (1, '123-45-6789', 1000.50, 41111111), (2, '987-65-4320', 2000, 7);
+CREATE TABLE mask_orders (id int, card text, region text) PARTITION BY LIST (region);
+CREATE TABLE mask_orders_eu PARTITION OF mask_orders FOR VALUES IN ('eu');
+INSERT INTO mask_orders VALUES (1, 'order-card-secret', 'eu');
+CREATE TABLE mask_base (id int, token text);
+CREATE TABLE mask_child (extra int) INHERITS (mask_base);
+INSERT INTO mask_child VALUES (1, 'child-token-value', 0);
 CREATE SCHEMA mask_vault;
 CREATE TABLE mask_vault.keys (id int, secret text);
 INSERT INTO mask_vault.keys VALUES (1, 'hunter2-secret-value');
@@ -47,6 +53,8 @@ RULES = [
     {"name": "hash-card", "action": "mask", "columns": ["public.customers.card"], "style": "hash"},
     {"name": "null-salary", "action": "mask", "columns": ["mask_people.salary"], "style": "null"},
     {"name": "vault", "action": "mask", "columns": ["mask_vault.*.secret"], "style": "redact"},
+    {"name": "order-cards", "action": "mask", "columns": ["mask_orders.card"], "style": "redact"},
+    {"name": "child-tokens", "action": "mask", "columns": ["mask_child.token"], "style": "redact"},
     {"name": "pii-anywhere", "action": "mask", "detectors": ["email", "credit_card"], "style": "redact"},
     {"name": "no-drop", "action": "deny", "match": {"sql": ["DROP"]}},
 ]
@@ -60,7 +68,8 @@ def mgw(pg, tmp_path_factory):
                        env={PW_ENV: pg.app_password}).start()
     yield g
     g.stop()
-    pg.psql("DROP VIEW mask_contacts2; DROP VIEW mask_contacts; DROP TABLE mask_people; "
+    pg.psql("DROP VIEW mask_contacts2; DROP VIEW mask_contacts; DROP TABLE mask_people; DROP TABLE mask_orders; "
+            "DROP TABLE mask_child; DROP TABLE mask_base; "
             "DROP SCHEMA mask_vault CASCADE", dbname=pg.app_db)
 
 
@@ -149,6 +158,15 @@ def test_styles(mdsn):
     people = one(mdsn, "SELECT ssn, salary, badge FROM mask_people ORDER BY id")
     assert people[0][0] == REDACT("123-45-6789") and people[0][1] is None and people[1][1] is None
     assert people[1][2] == 7
+
+
+def test_partitions_and_inheritance_share_their_masks(mdsn):
+    # a rule on the partitioned table covers a partition read directly, and a rule on a child
+    # covers its rows read through the parent
+    assert one(mdsn, "SELECT card FROM mask_orders_eu") == [(REDACT("x"),)]
+    assert one(mdsn, "SELECT card || '' FROM mask_orders_eu") == [(REDACT("x"),)]
+    assert one(mdsn, "SELECT card FROM mask_orders") == [(REDACT("x"),)]
+    assert one(mdsn, "SELECT token FROM mask_base") == [(REDACT("x"),)]
 
 
 def test_schema_qualified_glob(mdsn):

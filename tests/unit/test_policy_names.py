@@ -107,6 +107,7 @@ def test_catalog_reader_builds_a_snapshot():
         [(16400, 1, "id", 23), (16400, 2, "email", 25), (16410, 1, "email", 25), (16420, 1, "id", 23)],
         [(25,), (1043,)],
         [(2000, "pg_catalog", "now"), (17000, "public", "f")],
+        [(16420, 16400), (16430, 16420)],
     ]
     snap = None
     for rows in results:
@@ -121,6 +122,7 @@ def test_catalog_reader_builds_a_snapshot():
     assert snap.relation("public", "emails").definition == "SELECT email FROM users"
     assert snap.functions[17000] == "public.f" and snap.where_function("now") == {"pg_catalog"}
     assert snap.text_types == {25, 1043}
+    assert sorted(snap.relatives(16420)) == [16400, 16430] and sorted(snap.relatives(16400)) == [16420, 16430]
 
 
 def test_catalog_reader_reports_errors():
@@ -134,7 +136,7 @@ def test_catalog_reader_reports_errors():
 def test_catalog_cache_expires_and_is_invalidated_per_target():
     now = [0.0]
     cache = CatalogCache(ttl=60, clock=lambda: now[0])
-    snap = build_snapshot([], [], [], [], [])
+    snap = build_snapshot([], [], [], [], [], [])
     snap = type(snap)(**{**{f: getattr(snap, f) for f in snap.__struct_fields__}, "loaded_at": 0.0})
     cache.put("db\x00\x00", snap)
     cache.put("db\x00-c search_path=x\x00", snap)
