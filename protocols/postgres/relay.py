@@ -431,6 +431,7 @@ class ResultMasker(Protocol):
 _T_ROWDESC, _N_NODATA, _D_DATAROW, _C_COMPLETE, _I_EMPTY, _S_SUSPENDED = 0x54, 0x6E, 0x44, 0x43, 0x49, 0x73
 _H_COPYOUT, _D_COPYDATA, _V_FUNCTION, _A_NOTIFY = 0x48, 0x64, 0x56, 0x41
 _PARSE_DONE, _BIND_DONE, _CLOSE_DONE = 0x31, 0x32, 0x33
+_UNSET = object()
 # a masked row or COPY row is held whole; past this the session is ended rather than leak it
 MAX_MASKED_MESSAGE = 256 * 1024 * 1024
 
@@ -465,6 +466,8 @@ class MaskingBackendStream(BackendStream):
         pos = rem
         start = 0
         out: list[bytes] | None = None
+        row_plan: object | None = _UNSET
+        mask_row = self._masker.mask_row
         while pos < n:
             if n - pos < 5:
                 self._held = data[pos:]
@@ -475,7 +478,12 @@ class MaskingBackendStream(BackendStream):
                 raise ProtocolViolation(f"upstream sent an invalid message length {length}")
             end = pos + 1 + length
             if t == _D_DATAROW or t == _D_COPYDATA:
-                plan = self._row_plan() if t == _D_DATAROW else self._copy
+                if t == _D_DATAROW:
+                    if row_plan is _UNSET:  # rows in a run share their plan
+                        row_plan = self._row_plan()
+                    plan = row_plan
+                else:
+                    plan = self._copy
                 if plan is None:
                     if end > n:
                         self._remaining = end - n
@@ -489,16 +497,18 @@ class MaskingBackendStream(BackendStream):
                     self._held = data[pos:]
                     break
                 body = data[pos + 5:end]
-                masked = self._masker.mask_row(plan, body) if t == _D_DATAROW else self._masker.mask_copy(plan, body)
+                masked = mask_row(plan, body) if t == _D_DATAROW else self._masker.mask_copy(plan, body)
                 if masked is not body:
                     if out is None:
                         out = []
                     if pos > start:
                         out.append(data[start:pos])
-                    out.append(codec.message(b"D" if t == _D_DATAROW else b"d", masked))
+                    out.append((b"D" if t == _D_DATAROW else b"d") + U32.pack(len(masked) + 4))
+                    out.append(masked)
                     start = end
                 pos = end
                 continue
+            row_plan = _UNSET
             if end > n:
                 if length > MAX_MASKED_MESSAGE:
                     raise ProtocolViolation(f"upstream message of {length} bytes is too large")
