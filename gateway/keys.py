@@ -28,29 +28,40 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
         return _load_ed25519(path)
     except FileNotFoundError:
         pass
-    ensure_private_dir(path.parent)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
+    if not install_private_file(path, pem, "key"):
+        return _load_ed25519(path)  # another process won the race: use its key so both agree
+    return key
+
+
+def install_private_file(path: Path, data: bytes, what: str) -> bool:
+    """Put ``data`` at ``path`` (mode 0600, parent directory 0700 if created) unless a file is
+    there already. Race-safe across processes: written to a private temporary file, then
+    hard-linked into place. False when another process got there first (read its file).
+    Errors are ``WiregateError`` naming ``what``.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        _write_private(tmp, pem)
+        ensure_private_dir(path.parent)
+        _write_private(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
-            # another process won the race: use its key so both agree
-            return _load_ed25519(path)
+            return False
         except OSError:
             # file systems without hard links: exclusive create is the next best thing
             try:
-                _write_private(path, pem)
+                _write_private(path, data)
             except FileExistsError:
-                return _load_ed25519(path)
+                return False
     except OSError as e:
-        raise WiregateError(f"{path}: cannot create key: {e.strerror or e}") from None
+        raise WiregateError(f"{path}: cannot create {what}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return key
+    return True
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -362,18 +362,14 @@ class SessionPolicy:
                 if not hit:
                     return None
                 subject = (f"{_join(hit)} statements", True)
-        if rule.tables is not None:
-            found = _names_hit(rule.tables, analysis.tables, self._where_table, allow)
-            if found is None:
-                return None
-            if found:
-                subject = (f'access to "{found}"', False)
-        if rule.functions is not None:
-            found = _names_hit(rule.functions, analysis.functions, self._where_function, allow)
-            if found is None:
-                return None
-            if found:
-                subject = (f'calling "{found}"', False)
+        for globs, names, where, verb in ((rule.tables, analysis.tables, self._where_table, "access to"),
+                                          (rule.functions, analysis.functions, self._where_function, "calling")):
+            if globs is not None:
+                found = _names_hit(globs, names, where, allow)
+                if found is None:
+                    return None
+                if found:
+                    subject = (f'{verb} "{found}"', False)
         if rule.text and not any(p.search(sql) for p in rule.text):
             return None
         return subject

@@ -31,11 +31,11 @@ import hmac
 import os
 import secrets
 import stat
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import WiregateError
+from gateway.keys import install_private_file
 from policy.detectors import DetectorSet, Span
 
 __all__ = ["STYLES", "REDACTED", "HASH_PREFIX", "KEY_BYTES", "MAX_PASSES", "Masker", "Scan", "scrub",
@@ -170,36 +170,10 @@ def load_or_create_key(path: str | os.PathLike[str]) -> bytes:
         return _read_key(path)
     except FileNotFoundError:
         pass
-    try:
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        key = secrets.token_bytes(KEY_BYTES)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            _write_private(tmp, key)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return _read_key(path)
-            except OSError:
-                # no hard links on this file system: exclusive create is the next best thing
-                try:
-                    _write_private(path, key)
-                except FileExistsError:
-                    return _read_key(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as e:
-        raise WiregateError(f"{path}: cannot create the masking key: {e.strerror or e}") from None
+    key = secrets.token_bytes(KEY_BYTES)
+    if not install_private_file(path, key, "the masking key"):
+        return _read_key(path)  # another gateway created it first: use the same key
     return key
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _read_key(path: Path) -> bytes:

@@ -350,32 +350,25 @@ def _array_text(raw: bytes, encoding: str, types: TypeCatalog, depth: int) -> st
         pos += 8
     if elem in NO_TEXT_OIDS:
         return ""
-    texts = []
-    for _ in range(count):
-        length = I32.unpack_from(raw, pos)[0]
-        pos += 4
-        if length < 0:
-            continue
-        if pos + length > len(raw):
-            return None
-        text = _binary_text(elem, raw[pos:pos + length], encoding, types, depth + 1)
-        if text is None:
-            return None
-        texts.append(text)
-        pos += length
-    if pos != len(raw):
-        return None
-    # a newline keeps elements apart: no detector pattern spans one
-    return "\n".join(texts)
+    return _items_text(raw, pos, count, elem, encoding, types, depth)
 
 
 def _record_text(raw: bytes, encoding: str, types: TypeCatalog, depth: int) -> str | None:
-    count = I32.unpack_from(raw, 0)[0]
-    pos = 4
+    return _items_text(raw, 4, I32.unpack_from(raw, 0)[0], None, encoding, types, depth)
+
+
+def _items_text(raw: bytes, pos: int, count: int, elem: int | None, encoding: str, types: TypeCatalog,
+                depth: int) -> str | None:
+    """The elements of a binary array (all of type ``elem``) or record (each field led by its
+    type OID: ``elem`` None) as text for the detectors; None when they cannot all be decoded."""
     texts = []
     for _ in range(count):
-        oid, length = struct.unpack_from("!Ii", raw, pos)
-        pos += 8
+        if elem is None:
+            oid, length = struct.unpack_from("!Ii", raw, pos)
+            pos += 8
+        else:
+            oid, length = elem, I32.unpack_from(raw, pos)[0]
+            pos += 4
         if length < 0:
             continue
         if pos + length > len(raw):
@@ -387,6 +380,7 @@ def _record_text(raw: bytes, encoding: str, types: TypeCatalog, depth: int) -> s
         pos += length
     if pos != len(raw):
         return None
+    # a newline keeps elements apart: no detector pattern spans one
     return "\n".join(texts)
 
 
