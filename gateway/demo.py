@@ -162,6 +162,16 @@ def demo_config(*, state_dir: Path, port: int, pg_port: int) -> str:
                 "name": "no-destructive-sql",
                 "match": {"sql": DESTRUCTIVE_SQL},
                 "action": "deny",
+            }, {
+                "name": "mask-ids",
+                "action": "mask",
+                "columns": ["customers.ssn", "customers.card"],
+                "style": "partial",
+            }, {
+                "name": "mask-contacts",
+                "action": "mask",
+                "detectors": ["email", "phone", "credit_card"],
+                "style": "redact",
             }],
             # [policy] is a plain section but reads best at the end
         },
@@ -297,8 +307,9 @@ Connect through the gateway; the password in the URL is a dev token valid for 8 
 
 Then try:
 
-  SELECT * FROM customers LIMIT 5;   -- passes through
-  DROP TABLE customers;              -- blocked by rule "no-destructive-sql"
+  SELECT * FROM customers LIMIT 5;            -- ssn and card masked, emails and phones redacted
+  SELECT upper(ssn), note FROM customers;      -- masked through expressions, and inside free text
+  DROP TABLE customers;                        -- blocked by rule "no-destructive-sql"
 
 Press Ctrl-C to stop everything ({ends}).
 """

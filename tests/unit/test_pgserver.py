@@ -156,7 +156,9 @@ def test_demo_config_is_valid(tmp_path):
     assert cfg.identity.dev_tokens
     [target] = cfg.targets
     assert (target.name, target.password_env, target.allow_groups) == ("demo", DEMO_PASSWORD_ENV, ["dev"])
-    assert [r.action for r in cfg.rules] == ["deny"] and cfg.policy.default == "allow"
+    assert [r.action for r in cfg.rules] == ["deny", "mask", "mask"] and cfg.policy.default == "allow"
+    from policy.engine import PolicyEngine
+    assert PolicyEngine(cfg).session(protocol="postgres", target="demo", identity="demo", groups=["dev"]).masks
 
 
 def test_demo_end_to_end(tmp_path):
@@ -182,6 +184,11 @@ def test_demo_end_to_end(tmp_path):
         ok = subprocess.run(["psql", url, "-XAtc", "SELECT count(*) FROM customers"], capture_output=True,
                             text=True, timeout=30)
         assert (ok.returncode, ok.stdout.strip()) == (0, "200"), ok.stderr
+        masked = subprocess.run(["psql", url, "-XAtc", "SELECT ssn, email FROM customers ORDER BY id LIMIT 1"],
+                                capture_output=True, text=True, timeout=30)
+        ssn, email = masked.stdout.strip().split("|")
+        real = fake_customers(1)[0]
+        assert ssn == "*" * (len(real["ssn"]) - 4) + real["ssn"][-4:] and email == "****", masked.stdout
         blocked = subprocess.run(["psql", url, "-XAtc", "DROP TABLE customers"], capture_output=True, text=True,
                                  timeout=30)
         assert blocked.returncode != 0 and 'blocked by rule "no-destructive-sql"' in blocked.stderr

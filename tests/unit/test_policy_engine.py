@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import timeit
 
 import pytest
 
@@ -385,16 +384,18 @@ def test_cli_usage_errors() -> None:
         run_cli(target="prod-db", sql="SELECT 1", command="ls")
 
 
-# ---- cost --------------------------------------------------------------------------------------
+# ---- the hot path ----------------------------------------------------------------------------
 
-def test_check_sql_hot_path_is_fast() -> None:
-    # generous bounds (shared CI machines); docs/policy.md has the measured figures
-    s = session(config(*SPEC_RULES))
-    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 1;"
-    s.check_sql(sql)
-    n = 20000
-    per_call = timeit.timeit(lambda: s.check_sql(sql), number=n) / n
-    assert per_call < 20e-6
+def test_check_sql_hot_path_hits_the_caches() -> None:
+    # the cost itself is measured in benchmarks/ (never asserted here); this checks the path it takes
+    engine = PolicyEngine(config(*SPEC_RULES))
+    s = engine.session(protocol="postgres", target="prod-db", identity="alice", groups=["dev"])
+    first = s.check_sql("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+    hits, shape_hits, misses = engine.analyzer.stats
+    assert s.check_sql("SELECT abalance FROM pgbench_accounts WHERE aid = 1;") is first  # exact text
+    assert engine.analyzer.stats == [hits + 1, shape_hits, misses]
+    assert s.check_sql("SELECT abalance FROM pgbench_accounts WHERE aid = 2;") is first  # new constant
+    assert engine.analyzer.stats == [hits + 1, shape_hits + 1, misses]
 
 
 def test_session_knows_which_mask_rules_apply() -> None:
