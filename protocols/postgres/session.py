@@ -134,6 +134,9 @@ class _Side(asyncio.Protocol):
         except ProtocolViolation as e:
             self.session.protocol_violation(self, str(e))
             return
+        except Exception as e:  # a bug must end this session, closed, not leave it half open
+            self.session.internal_error(e)
+            return
         if out:
             self.peer.transport.write(out)  # type: ignore[union-attr]
 
@@ -217,6 +220,17 @@ class PostgresSession:
         else:
             log.warning("session %s: upstream protocol violation: %s", self.client_addr, text)
             self.client.write(codec.fatal("08P01", "wiregate: the target sent an invalid message; the session is closed"))
+        self.close()
+
+    def internal_error(self, exc: Exception) -> None:
+        # the exception's text may quote row data: log only its type and where it was raised
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        log.error("session %s: internal error %s at %s; the session is closed", self.client_addr,
+                  type(exc).__name__, where)
+        self.client.write(codec.fatal("XX000", "wiregate: internal error; the session is closed"))
         self.close()
 
     def _refuse(self, code: str, text: str, hint: str | None = None) -> None:
