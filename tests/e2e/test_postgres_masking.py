@@ -362,3 +362,20 @@ def test_error_texts_do_not_quote_masked_values(mdsn):
         conn.rollback()
         with pytest.raises(psycopg.errors.UndefinedColumn, match="nope"):  # errors that hold no data stay
             conn.execute("SELECT nope FROM mask_people")
+
+
+def test_mcp_database_tool_gets_masked_rows(mgw):
+    """The reference MCP PostgreSQL server (node-postgres underneath) reading through a masked session."""
+    import json
+
+    from tests.e2e.test_postgres_mcp import call
+
+    dsn = mgw.dsn("agent", mgw.token("agent", ["dev"]), "masked", sslmode="disable")
+    [(failed, text)] = asyncio.run(asyncio.wait_for(call(dsn, [
+        ("query", {"sql": "SELECT email, ssn, note FROM customers ORDER BY id LIMIT 3"})]), 60))
+    assert not failed, text
+    rows = json.loads(text)
+    assert len(rows) == 3
+    for row, real in zip(rows, CUSTOMERS):
+        assert_partial(row["email"], real["email"])
+        assert row["ssn"] == REDACT(real["ssn"]) and not EMAIL.search(row["note"])
