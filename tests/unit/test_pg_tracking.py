@@ -355,3 +355,42 @@ def test_masking_keeps_rows_columns_and_framing(drawn, fmt):
         for i, (new, old) in enumerate(zip(values, original)):
             if plan.columns[i] is None:
                 assert new == old  # columns without a mask pass byte for byte
+
+
+def test_a_second_parse_of_a_named_statement_does_not_replace_it():
+    # the server refuses it (42P05): rows of the name are still the first statement's
+    front, back, masker = streams()
+    front.feed(codec.parse(b"s1", b"SELECT secret FROM t") + SYNC)
+    back.feed(PARSED + READY)
+    front.feed(codec.parse(b"s1", b"SELECT 1 AS harmless") + SYNC)
+    back.feed(codec.error_response("42P05", 'prepared statement "s1" already exists') + READY)
+    front.feed(bind(b"", b"s1") + execute() + SYNC)
+    back.feed(BOUND + rowdesc("secret") + datarow(b"hunter2") + complete() + READY)
+    assert masker.plans[-1] == ("SELECT secret FROM t", 0)
+
+
+def test_statement_names_are_forgotten_when_sql_may_have_redefined_them():
+    tracker = Tracker()
+    tracker.statements[b"s1"] = "SELECT 1"
+    tracker.forget_statements()
+    front = FrontendStream(check, Refusals(), tracker)
+    front.feed(bind(b"", b"s1") + execute() + SYNC)
+    assert tracker.portals[b""][0] is None  # unknown: masking assumes the worst
+
+
+def test_declarations_count_when_the_server_completes_them():
+    front, back, masker = streams()
+    front.feed(codec.query("SELECT 1/0; DECLARE c CURSOR FOR SELECT secret FROM t"))
+    back.feed(codec.error_response("22012", "division by zero") + READY)
+    assert not getattr(masker, "done", [])  # the DECLARE never ran
+    front.feed(codec.query("SELECT 1; DECLARE c CURSOR FOR SELECT secret FROM t"))
+    back.feed(rowdesc("x") + datarow(b"1") + complete() + complete(b"DECLARE CURSOR") + READY)
+    assert masker.done[-1] == ("SELECT 1; DECLARE c CURSOR FOR SELECT secret FROM t", 1, b"DECLARE CURSOR\x00")
+
+
+def test_statements_are_kept_as_decoded_when_checked():
+    seen = []
+    tracker = Tracker(lambda raw: seen.append(raw) or raw.decode("latin-1"))
+    front = FrontendStream(check, Refusals(), tracker)
+    front.feed(codec.parse(b"s", "SELECT 'é'".encode("latin-1")) + SYNC)
+    assert tracker.statements[b"s"] == "SELECT 'é'" and seen
