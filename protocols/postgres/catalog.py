@@ -14,6 +14,7 @@ Reading it is sans-IO: ``CATALOG_QUERY`` goes upstream, every reply goes through
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -27,22 +28,27 @@ FIRST_NORMAL_OID = 16384
 # a snapshot is re-read after this many seconds even when no DDL was seen
 CATALOG_TTL = 60.0
 
+# One row of six JSON arrays: decoding them is a few C calls, where thousands of DataRows
+# (every column and function of the database) would cost tens of milliseconds of Python.
 CATALOG_QUERY = codec.query(
-    "SELECT s FROM unnest(current_schemas(true)) AS s;"
+    "SELECT"
+    " (SELECT coalesce(json_agg(s), '[]') FROM unnest(current_schemas(true)) AS s),"
     # relations of every schema but TOAST; view definitions only outside the system schemas
-    "SELECT c.oid, n.nspname, c.relname, c.relkind,"
-    " CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-    " THEN pg_get_viewdef(c.oid) END"
-    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND n.nspname NOT LIKE 'pg\\_toast%';"
-    "SELECT a.attrelid, a.attnum, a.attname, a.atttypid FROM pg_attribute a"
-    " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'f', 'p')"
-    " AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY a.attrelid, a.attnum;"
-    "SELECT oid FROM pg_type WHERE typcategory = 'S';"
-    "SELECT p.oid, n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace;"
+    " (SELECT coalesce(json_agg(json_build_array(c.oid, n.nspname, c.relname, c.relkind,"
+    "   CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    "   THEN pg_get_viewdef(c.oid) END)), '[]')"
+    "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND n.nspname NOT LIKE 'pg\\_toast%'),"
+    " (SELECT coalesce(json_agg(json_build_array(a.attrelid, a.attnum, a.attname, a.atttypid)"
+    "   ORDER BY a.attrelid, a.attnum), '[]')"
+    "  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'f', 'p')"
+    "  AND n.nspname NOT LIKE 'pg\\_toast%'),"
+    " (SELECT coalesce(json_agg(oid), '[]') FROM pg_type WHERE typcategory = 'S'),"
+    " (SELECT coalesce(json_agg(json_build_array(p.oid, n.nspname, p.proname)), '[]')"
+    "  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace),"
     # inheritance and partitions: a parent's rows include its children's
-    "SELECT inhrelid, inhparent FROM pg_inherits"
+    " (SELECT coalesce(json_agg(json_build_array(inhrelid, inhparent)), '[]') FROM pg_inherits)"
 )
 _RESULTS = 6
 
@@ -107,33 +113,30 @@ class CatalogSnapshot(msgspec.Struct, frozen=True):
 
 
 class CatalogReader:
-    """Collects the replies to ``CATALOG_QUERY``; ``feed`` returns the snapshot once ReadyForQuery arrives."""
+    """Collects the reply to ``CATALOG_QUERY``; ``feed`` returns the snapshot once ReadyForQuery arrives."""
 
     def __init__(self, decode: str = "utf-8") -> None:
         self._decode = decode
-        self._results: list[list[list[str | None]]] = []
-        self._rows: list[list[str | None]] | None = None
+        self._row: list[str | None] | None = None
         self._error: str | None = None
 
     def feed(self, t: int, body: bytes) -> CatalogSnapshot | None:
-        if t == 0x54:  # RowDescription
-            self._rows = []
-        elif t == 0x44:  # DataRow
-            if self._rows is None:
-                raise ProtocolViolation("catalog rows without a RowDescription")
-            self._rows.append(_values(body, self._decode))
-        elif t == 0x43:  # CommandComplete
-            if self._rows is not None:
-                self._results.append(self._rows)
-            self._rows = None
+        if t == 0x44:  # DataRow
+            self._row = _values(body, self._decode)
         elif t == codec.E_ERROR:
             self._error = codec.parse_fields(body).get("M", "error")
         elif t == codec.Z_READY:
             if self._error is not None:
                 raise CatalogError(self._error)
-            if len(self._results) != _RESULTS:
-                raise CatalogError(f"expected {_RESULTS} results, got {len(self._results)}")
-            return build_snapshot(*self._results)
+            row = self._row
+            if row is None or len(row) != _RESULTS or any(v is None for v in row):
+                raise CatalogError("the catalog query returned no usable row")
+            try:
+                parts = [msgspec.json.decode(v) for v in row]  # type: ignore[arg-type]
+                return build_snapshot([[p] for p in parts[0]], parts[1], parts[2], [[p] for p in parts[3]],
+                                      parts[4], parts[5])
+            except (msgspec.DecodeError, TypeError, ValueError) as e:
+                raise CatalogError(f"the catalog query returned something unexpected: {type(e).__name__}") from None
         return None
 
 
@@ -199,6 +202,8 @@ class CatalogCache:
         self._ttl = ttl
         self._clock = clock
         self._snapshots: dict[str, CatalogSnapshot] = {}
+        # reads in progress, by key: a session starting meanwhile waits for it (see session.py)
+        self.loading: dict[str, asyncio.Future[CatalogSnapshot | None]] = {}
 
     def get(self, key: str) -> CatalogSnapshot | None:
         snap = self._snapshots.get(key)

@@ -39,8 +39,8 @@ UPSTREAM_CONNECT_TIMEOUT = 10.0
 _NAMES_QUERIES = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
 # statement kinds after which the catalog snapshot may be out of date
 _DDL = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "IMPORT"})
-# the catalog's largest message: a view definition
-MAX_CATALOG_MESSAGE = 64 * 1024 * 1024
+# the catalog's largest message: one row holding the whole catalog as JSON
+MAX_CATALOG_MESSAGE = 256 * 1024 * 1024
 # client parameters that are the gateway's to set, or that would change the protocol
 _NOT_FORWARDED = {"user", "database", "replication"}
 
@@ -438,7 +438,13 @@ class PostgresSession:
         # start-up options can set the search path, which the snapshot records
         key = target.name + "\x00" + params.get("options", "") + "\x00" + params.get("search_path", "")
         snapshot = cache.get(key)
+        pending = cache.loading.get(key) if snapshot is None else None
+        if pending is not None:
+            # another session is reading it: sessions starting together read it once
+            snapshot = await asyncio.shield(pending)
         if snapshot is None:
+            mine: asyncio.Future[CatalogSnapshot | None] = asyncio.get_running_loop().create_future()
+            cache.loading.setdefault(key, mine)
             up.write(CATALOG_QUERY)
             reader = CatalogReader(codec.python_encoding(server_params.get("client_encoding", "UTF8")) or "utf-8")
             try:
@@ -449,7 +455,14 @@ class PostgresSession:
                 log.error("target %s: cannot read the catalog: %s", target.name, e)
                 raise _Refused("08004", f'wiregate: cannot read the catalog of target "{target.name}", which its '
                                "mask and table rules need; see the gateway's log") from None
+            finally:
+                # waiters get the snapshot, or None and read it themselves
+                mine.set_result(snapshot)
+                if cache.loading.get(key) is mine:
+                    del cache.loading[key]
             cache.put(key, snapshot)
+            log.info("target %s: catalog read (%d relations, %d functions)", target.name, len(snapshot.relations),
+                     len(snapshot.functions))
         self.catalog = snapshot
         self.policy.set_catalog(snapshot.where_relation, snapshot.where_function, snapshot.search_path)
 

@@ -379,3 +379,23 @@ def test_mcp_database_tool_gets_masked_rows(mgw):
     for row, real in zip(rows, CUSTOMERS):
         assert_partial(row["email"], real["email"])
         assert row["ssn"] == REDACT(real["ssn"]) and not EMAIL.search(row["note"])
+
+
+def test_sessions_starting_together_read_the_catalog_once(pg, tmp_path):
+    g = GatewayProcess(tmp_path, targets=[pg_target("masked", pg, tls="disable")], rules=RULES[:2],
+                       env={PW_ENV: pg.app_password}).start()
+    try:
+        dsn = g.dsn("alice", g.token("alice", ["dev"]), "masked", sslmode="disable")
+
+        async def run():
+            conns = await asyncio.gather(*(asyncpg.connect(dsn) for _ in range(8)))
+            try:
+                return await asyncio.gather(*(c.fetchval("SELECT ssn FROM customers ORDER BY id LIMIT 1")
+                                              for c in conns))
+            finally:
+                await asyncio.gather(*(c.close() for c in conns))
+
+        assert set(asyncio.run(run())) == {REDACT("x")}
+        assert g.log().count("catalog read") == 1, g.log()
+    finally:
+        g.stop()

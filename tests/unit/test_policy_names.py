@@ -99,22 +99,21 @@ def _row(*values):
 
 
 def test_catalog_reader_builds_a_snapshot():
+    import json
+
     reader = CatalogReader()
-    results = [
-        [("pg_catalog",), ("public",)],
-        [(16400, "public", "users", "r", None), (16410, "public", "emails", "v", "SELECT email FROM users"),
-         (16420, "vault", "users", "r", None)],
-        [(16400, 1, "id", 23), (16400, 2, "email", 25), (16410, 1, "email", 25), (16420, 1, "id", 23)],
-        [(25,), (1043,)],
-        [(2000, "pg_catalog", "now"), (17000, "public", "f")],
-        [(16420, 16400), (16430, 16420)],
+    parts = [
+        ["pg_catalog", "public"],
+        [[16400, "public", "users", "r", None], [16410, "public", "emails", "v", "SELECT email FROM users"],
+         [16420, "vault", "users", "r", None]],
+        [[16400, 1, "id", 23], [16400, 2, "email", 25], [16410, 1, "email", 25], [16420, 1, "id", 23]],
+        [25, 1043],
+        [[2000, "pg_catalog", "now"], [17000, "public", "f"]],
+        [[16420, 16400], [16430, 16420]],
     ]
-    snap = None
-    for rows in results:
-        assert reader.feed(0x54, b"") is None
-        for r in rows:
-            reader.feed(0x44, _row(*r))
-        reader.feed(0x43, b"SELECT\x00")
+    assert reader.feed(0x54, b"") is None
+    reader.feed(0x44, _row(*(json.dumps(p) for p in parts)))
+    reader.feed(0x43, b"SELECT 1\x00")
     snap = reader.feed(0x5A, b"I")
     assert snap.search_path == ("pg_catalog", "public")
     assert snap.column(16400, 2)[1] == "email" and snap.relations[16400].types == {1: 23, 2: 25}
@@ -130,6 +129,10 @@ def test_catalog_reader_reports_errors():
     reader = CatalogReader()
     reader.feed(0x45, codec.error_response("42501", "permission denied")[5:])
     with pytest.raises(CatalogError, match="permission denied"):
+        reader.feed(0x5A, b"I")
+    reader = CatalogReader()
+    reader.feed(0x44, _row("[]", "not json", "[]", "[]", "[]", "[]"))
+    with pytest.raises(CatalogError, match="unexpected"):
         reader.feed(0x5A, b"I")
 
 
