@@ -127,8 +127,9 @@ EXPRESSIONS = [
 
 
 @pytest.mark.parametrize("sql", [q for _, q in EXPRESSIONS], ids=[i for i, _ in EXPRESSIONS])
-def test_expressions_of_a_masked_column_are_masked(mdsn, sql):
-    rows = one(mdsn, sql)
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_expressions_of_a_masked_column_are_masked(mdsn, sql, binary):
+    rows = one(mdsn, sql, binary=binary)
     assert len(rows) == CUSTOMER_ROWS
     reals = {c["email"] for c in CUSTOMERS} | {c["email"].upper() for c in CUSTOMERS}
     for (got,) in rows:
@@ -260,6 +261,30 @@ def test_asyncpg(mdsn):
         assert r["ssn"] == REDACT(real["ssn"]) and r["n"] is None and r["id"] >= 1
     assert_partial(via_view[0], CUSTOMERS[0]["email"])
     assert not EMAIL.search(note)
+
+
+@pytest.mark.parametrize("sql", [q for _, q in EMAIL_QUERIES + EXPRESSIONS], ids=[i for i, _ in EMAIL_QUERIES + EXPRESSIONS])
+def test_every_path_through_asyncpg(mdsn, sql):
+    async def run():
+        conn = await asyncpg.connect(mdsn)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(run())
+    assert len(rows) == CUSTOMER_ROWS
+    reals = {c["email"] for c in CUSTOMERS} | {c["email"].upper() for c in CUSTOMERS}
+    assert all(r[0] not in reals and not EMAIL.search(r[0]) for r in rows)
+
+
+@pytest.mark.parametrize("sql", [q for _, q in EMAIL_QUERIES + EXPRESSIONS], ids=[i for i, _ in EMAIL_QUERIES + EXPRESSIONS])
+def test_every_path_through_psql(mdsn, sql):
+    p = subprocess.run(["psql", mdsn, "-X", "-A", "-t", "-c", sql], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == CUSTOMER_ROWS and not EMAIL.search(p.stdout)
+    assert not any(c["email"] in p.stdout for c in CUSTOMERS)
 
 
 def test_psql_output_and_meta_commands(mgw, mdsn):
