@@ -63,6 +63,13 @@ def policy_test(
         else:
             kinds = ", ".join(sorted(analysis.kinds)) or "(none: empty statement)"
             print(f"statements: {analysis.statements}  kinds: {kinds}", file=out)
+            if analysis.tables or analysis.functions:
+                print(f"tables: {', '.join(sorted(analysis.tables)) or '-'}  "
+                      f"functions: {', '.join(sorted(analysis.functions)) or '-'}", file=out)
+            if analysis.undecidable is not None:
+                print(f"cannot be analysed: {analysis.undecidable}", file=out)
+        if session.mask_rules:
+            print(f"results masked by: {', '.join(session.mask_rules)}", file=out)
     else:
         kind, text = ("exec", command) if command is not None else ("tool", tool)
         decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
