@@ -357,6 +357,8 @@ def test_cli_deny() -> None:
         'deny  rule=no-destructive-sql  wiregate: blocked by rule "no-destructive-sql": '
         'DROP statements are not allowed on target "prod-db"',
         "statements: 1  kinds: DROP, DROP TABLE",
+        "tables: users  functions: -",
+        "results masked by: mask-pii",
     ]
 
 
