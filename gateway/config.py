@@ -128,6 +128,39 @@ class PolicySection(_Base):
     default: Literal["allow", "deny"] = "allow"
 
 
+class RecordingSection(_Base):
+    """Session recordings (recorder/, docs/recording.md)."""
+
+    enabled: bool = True
+    # always: fsync every batch before the next command may pass; batch: fsync each batch after
+    # writing it (the default); never: leave it to the OS
+    fsync: Literal["always", "batch", "never"] = "batch"
+    # the writer takes what is queued at most this often
+    batch_ms: int = 20
+    # events waiting for the writer; when full, new commands are refused (fail closed)
+    queue_size: int = 10000
+    # "refuse": a session whose events cannot be recorded gets its new commands refused;
+    # "continue": they run unrecorded (and the gateway logs it)
+    on_record_failure: Literal["refuse", "continue"] = "refuse"
+
+
+class AuditSink(_Base):
+    """One audit export: every recorded event, as JSON, delivered once per event id."""
+
+    type: Literal["jsonl", "syslog", "webhook"]
+    # jsonl: the file to append to
+    path: str | None = None
+    # syslog: "udp://host:514" or "tcp://host:601" (RFC 5424)
+    address: str | None = None
+    # webhook: POSTed JSON arrays of events; an optional bearer token from the environment
+    url: str | None = None
+    token_env: str | None = None
+    batch_size: int = 100
+    batch_ms: int = 1000
+    # longest wait between retries of a failed delivery
+    retry_max_s: float = 60.0
+
+
 class Config(_Base):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     listen: ListenSection = msgspec.field(default_factory=ListenSection)
@@ -135,6 +168,8 @@ class Config(_Base):
     targets: list[Target] = []
     rules: list[Rule] = []
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
+    recording: RecordingSection = msgspec.field(default_factory=RecordingSection)
+    audit: list[AuditSink] = []
 
 
 # --------------------------------------------------------------------------
@@ -153,6 +188,7 @@ _PATH_FIELDS: dict[type, tuple[str, ...]] = {
     GatewaySection: ("state_dir", "tls_cert_file", "tls_key_file"),
     OIDCProvider: ("jwks_file",),
     Target: ("password_file", "key_file", "known_hosts", "tls_ca_file"),
+    AuditSink: ("path",),
 }
 
 # Examples shown in type errors, so the fix is obvious from the message.
@@ -360,6 +396,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         gateway=fix(cfg.gateway),
         identity=msgspec.structs.replace(cfg.identity, oidc=[fix(p) for p in cfg.identity.oidc]),
         targets=[fix(t) for t in cfg.targets],
+        audit=[fix(a) for a in cfg.audit],
     )
 
 
@@ -606,11 +643,38 @@ def _semantic_checks(raw: dict[str, Any], errors: list[str]) -> None:
     for i, t, raw_t in _typed_items(targets, Target):
         _check_target(f"targets[{i}]", t, raw_t, errors)
 
+    section = raw.get("recording")
+    if isinstance(section, dict) and (rec := _typed(section, RecordingSection)) is not None:
+        if rec.batch_ms < 1 or rec.batch_ms > 10000:
+            errors.append("recording.batch_ms: must be between 1 and 10000")
+        if rec.queue_size < 100:
+            errors.append("recording.queue_size: must be at least 100")
+    for i, a, _raw_a in _typed_items(raw.get("audit"), AuditSink):
+        _check_audit(f"audit[{i}]", a, errors)
+
     known_targets = {name for _, name in _raw_names(targets)}
     rules = raw.get("rules")
     _check_unique(_raw_names(rules), "rules", "rule", errors)
     for i, r, raw_r in _typed_items(rules, Rule):
         _check_rule(f"rules[{i}]", r, raw_r, known_targets, errors)
+
+
+_AUDIT_NEEDS = {"jsonl": "path", "syslog": "address", "webhook": "url"}
+
+
+def _check_audit(p: str, a: AuditSink, errors: list[str]) -> None:
+    needed = _AUDIT_NEEDS[a.type]
+    if not getattr(a, needed):
+        errors.append(f'{p}.{needed}: required for type = "{a.type}"')
+    for key in ("path", "address", "url", "token_env"):
+        if key != needed and getattr(a, key) and not (key == "token_env" and a.type == "webhook"):
+            errors.append(f'{p}.{key}: not used by type = "{a.type}"')
+    if a.type == "syslog" and a.address and not a.address.startswith(("udp://", "tcp://")):
+        errors.append(f'{p}.address: write "udp://host:514" or "tcp://host:601"')
+    if a.type == "webhook" and a.url and not a.url.startswith(("http://", "https://")):
+        errors.append(f"{p}.url: must be an http:// or https:// URL")
+    if a.batch_size < 1 or a.batch_ms < 1 or a.retry_max_s <= 0:
+        errors.append(f"{p}: batch_size, batch_ms and retry_max_s must be positive")
 
 
 def _check_unique(names: list[tuple[int, str]], section: str, what: str, errors: list[str]) -> None:
