@@ -4,11 +4,12 @@
     python -m benchmarks.run --short    # CI: 1 round, 2 s per pgbench run, scale 2
 
 One run starts a throwaway PostgreSQL (scram-sha-256), PgBouncer in session
-mode in front of it, and three ``wiregate serve`` processes in front of it:
+mode in front of it, and four ``wiregate serve`` processes in front of it:
 ``gateway`` with three deny rules (so every statement goes through the policy
-check), ``gateway-norules`` with none, and ``gateway-masked`` with the three
-deny rules and three mask rules (a column, a column glob that matches nothing,
-detectors on every value). Clients use ``sslmode=disable`` everywhere.
+check) and recording on, ``gateway-norec`` the same with recording off,
+``gateway-norules`` with none, and ``gateway-masked`` with the three deny rules
+and three mask rules (a column, a column glob that matches nothing, detectors
+on every value). Clients use ``sslmode=disable`` everywhere.
 Measurements are interleaved (direct, pgbouncer, gateway, ...) so machine
 noise hits all systems alike:
 
@@ -44,7 +45,7 @@ from gateway.demo import render_config, start_gateway, stop_process, wait_listen
 from gateway.errors import WiregateError
 from gateway.pgserver import ThrowawayPostgres, free_port, log_tail
 
-SYSTEMS = ("direct", "pgbouncer", "gateway", "gateway-norules", "gateway-masked")
+SYSTEMS = ("direct", "pgbouncer", "gateway", "gateway-norec", "gateway-norules", "gateway-masked")
 # the rule sets of the three gateways (one process each, same target)
 DENY_RULES = [{"name": "no-drop", "match": {"sql": ["DROP"]}, "action": "deny"},
               {"name": "no-truncate", "match": {"sql": ["TRUNCATE"]}, "action": "deny"},
@@ -52,7 +53,10 @@ DENY_RULES = [{"name": "no-drop", "match": {"sql": ["DROP"]}, "action": "deny"},
 MASK_RULES = [{"name": "mask-filler", "action": "mask", "columns": ["pgbench_accounts.filler"], "style": "redact"},
               {"name": "hash-ssn", "action": "mask", "columns": ["*.ssn"], "style": "hash"},
               {"name": "pii", "action": "mask", "detectors": ["email", "credit_card"], "style": "redact"}]
-GATEWAY_RULES = {"gateway": DENY_RULES, "gateway-norules": [], "gateway-masked": DENY_RULES + MASK_RULES}
+GATEWAY_RULES = {"gateway": DENY_RULES, "gateway-norec": DENY_RULES, "gateway-norules": [],
+                 "gateway-masked": DENY_RULES + MASK_RULES}
+# every gateway records its sessions except this one, which measures what recording costs
+NO_RECORDING = {"recording": {"enabled": False}}
 BENCH_USER = "bench"
 BENCH_DB = "bench"
 GW_TARGET = "bench"
@@ -156,7 +160,7 @@ def _stop_group(proc: subprocess.Popen | None) -> None:
 
 
 def start_wiregate(workdir: Path, pg: ThrowawayPostgres, password: str,
-                   rules: list[dict]) -> tuple[subprocess.Popen, int, str]:
+                   rules: list[dict], extra: dict | None = None) -> tuple[subprocess.Popen, int, str]:
     """wiregate serve with one target and the given rules; returns (process, port, dev token)."""
     workdir.mkdir()
     port = free_port()
@@ -165,7 +169,7 @@ def start_wiregate(workdir: Path, pg: ThrowawayPostgres, password: str,
         {"gateway": {"state_dir": str(workdir / "state")},
          "listen": {"postgres": f"127.0.0.1:{port}"},
          "identity": {"dev_tokens": True},
-         "policy": {"default": "allow"}},
+         "policy": {"default": "allow"}, **(extra or {})},
         {"targets": [{"name": GW_TARGET, "protocol": "postgres", "address": f"127.0.0.1:{pg.port}",
                       "database": BENCH_DB, "user": BENCH_USER, "password_env": PASSWORD_ENV,
                       "tls": "disable", "allow_groups": [GW_GROUP]}],
@@ -187,6 +191,18 @@ def start_wiregate(workdir: Path, pg: ThrowawayPostgres, password: str,
         stop_process(proc)
         raise
     return proc, port, token
+
+
+def recorded_statements(state_dir: Path) -> dict[str, int]:
+    """Statements, session files and bytes in a gateway's recordings."""
+    try:
+        from recorder.events import Command
+        from recorder.format import read_recording
+    except ImportError:
+        return {}
+    files = sorted((state_dir / "recordings").rglob("*.wgrec")) if state_dir.exists() else []
+    statements = sum(sum(isinstance(e, Command) for _, e in read_recording(f).events) for f in files)
+    return {"statements": statements, "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
 
 
 def check_masking_is_on(psql: str, ep: Endpoint) -> None:
@@ -296,6 +312,8 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
             row["gateway/pgbouncer"] = gw / b if gw and b else None
             masked, bare = row["gateway-masked"], row["gateway-norules"]
             row["masked/norules"] = masked / bare if masked and bare else None
+            norec = row["gateway-norec"]
+            row["rec on/off"] = gw / norec if gw and norec else None
             out[key][metric] = row
     tps = out["select_1c"]["tps"]
     added = None
@@ -330,22 +348,23 @@ def render_markdown(meta: dict[str, Any], summary: dict[str, Any], errors: dict[
         "",
         f"- host: {meta['host']}",
         f"- PostgreSQL {meta['postgres']} (scram-sha-256, fsync off); {meta['pgbouncer']} (session mode, scram)",
-        f"- wiregate {meta['wiregate']} (`serve`, one target), three instances: **gateway** with 3 deny rules "
-        "(DROP, TRUNCATE, ALTER ROLE); **gw no rules**; **gw masked** with the 3 deny rules and 3 mask rules "
+        f"- wiregate {meta['wiregate']} (`serve`, one target), four instances: **gateway** with 3 deny rules "
+        "(DROP, TRUNCATE, ALTER ROLE), recording every session; **gw no rec**: the same with recording off; "
+        "**gw no rules**; **gw masked** with the 3 deny rules and 3 mask rules "
         "(`pgbench_accounts.filler` redact, `*.ssn` hash, detectors email + credit_card on every column)",
         f"- large result: `{LARGE_QUERY}` = {meta['large_bytes']:,} bytes of psql text output, "
         f"{meta['large_rows']:,} rows",
         "",
-        "| scenario | metric | direct | pgbouncer | gateway | gw no rules | gw masked | gateway/direct "
-        "| gateway/pgbouncer | masked/no rules |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | metric | direct | pgbouncer | gateway | gw no rec | gw no rules | gw masked | gateway/direct "
+        "| gateway/pgbouncer | rec on/off | masked/no rules |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, title, kind in SCENARIOS:
         for metric, label, _higher in METRICS[kind]:
             row = summary[key][metric]
             cells = [_fmt(row[s]) for s in SYSTEMS]
             cells += [_fmt(row["gateway/direct"], True), _fmt(row["gateway/pgbouncer"], True),
-                      _fmt(row["masked/norules"], True)]
+                      _fmt(row["rec on/off"], True), _fmt(row["masked/norules"], True)]
             lines.append(f"| {title} | {label} | " + " | ".join(cells) + " |")
     added = summary["added_us_per_txn_1c"]
     lines += [
@@ -353,6 +372,14 @@ def render_markdown(meta: dict[str, Any], summary: dict[str, Any], errors: dict[
         f"Added µs per transaction at 1 client, (1/tps − 1/tps_direct)·1e6: "
         f"gateway **{_fmt(added['gateway'])}**, pgbouncer {_fmt(added['pgbouncer'])}.",
     ]
+    rec = summary.get("recording") or {}
+    if rec.get("statements"):
+        lines += [
+            "",
+            f"Recording (gateway instance): {rec['statements']:,} statements in {rec['files']} session files, "
+            f"{rec['bytes']:,} bytes: **{rec['bytes'] / rec['statements']:.0f} bytes per statement** "
+            "(command, decision and result summary).",
+        ]
     costs = summary.get("policy_check_us") or {}
     if costs:
         lines += [
@@ -411,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     bouncer: subprocess.Popen | None = None
     gateways: list[subprocess.Popen] = []
     check_costs: dict[str, float] = {}
+    recording_stats: dict[str, int] = {}
     errors: dict[str, str] = {}
     samples: dict[str, dict[str, list[dict[str, float]]]] = {k: {s: [] for s in SYSTEMS} for k, _t, _k in SCENARIOS}
 
@@ -446,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         for system, rules in GATEWAY_RULES.items():
             say(f"starting wiregate ({system})")
             try:
-                proc, gport, token = start_wiregate(tmp / system, pg, password, rules)
+                proc, gport, token = start_wiregate(tmp / system, pg, password, rules,
+                                                    NO_RECORDING if system == "gateway-norec" else None)
                 gateways.append(proc)
                 endpoints[system] = Endpoint(system, gport, GW_USER, token, GW_TARGET)
                 if rules:
@@ -498,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for proc in gateways:
             stop_process(proc)
+        try:
+            recording_stats = recorded_statements(tmp / "gateway" / "state")
+        except Exception as e:  # a broken recording must not lose the other figures
+            errors["recording"] = f"cannot read the recordings: {type(e).__name__}: {e}"
         _stop_group(bouncer)
         if pg is not None:
             pg.stop()
@@ -507,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(samples)
     summary["policy_check_us"] = check_costs
+    summary["recording"] = recording_stats
     meta = {
         "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "mode": "short" if args.short else "full",

@@ -76,6 +76,7 @@ def _cmd_token_issue(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wiregate", description="Identity-aware access gateway for PostgreSQL, SSH and HTTP/MCP.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from recorder.cli import add_parsers as add_recording_parsers
 
     p = sub.add_parser("serve", help="run every listener the config names")
     _add_config(p)
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--groups", default="", help="comma-separated groups")
     ti.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
     ti.set_defaults(func=_cmd_token_issue)
+    add_recording_parsers(sub)  # sessions list|show|verify|export|pubkey, replay
     return parser
 
 

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, parse_listen
 from gateway.errors import WiregateError
@@ -15,6 +17,10 @@ from gateway.identity import Authenticator
 from gateway.tls import server_context
 from policy.engine import PolicyEngine
 from policy.masking import load_or_create_key
+
+if TYPE_CHECKING:
+    from recorder.sinks import AuditExporter
+    from recorder.writer import Recorder
 
 log = logging.getLogger("wiregate")
 
@@ -48,11 +54,13 @@ async def _serve(cfg: Config) -> int:
     from protocols.postgres.listener import PostgresListener
 
     server_ssl = server_context(state_dir, cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)
-    pg = PostgresListener(cfg, authenticator, policy, server_ssl)
+    recorder, exporter = start_recorder(cfg, state_dir)
+    pg = PostgresListener(cfg, authenticator, policy, server_ssl, recorder)
     host, port = parse_listen(cfg.listen.postgres)
     try:
         await pg.start(host, port)
     except OSError as e:
+        stop_recorder(recorder, exporter)
         raise WiregateError(f"listen.postgres: cannot listen on {cfg.listen.postgres}: {e.strerror}") from None
     addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in pg.sockets)
     log.info("postgres listening on %s (%d targets)", addrs, len(pg.targets))
@@ -64,4 +72,34 @@ async def _serve(cfg: Config) -> int:
     await stop.wait()
     log.info("stopping: closing %d sessions", len(pg.sessions))
     await pg.close()
+    # the writer thread drains what is queued (sessions just closed seal their files)
+    await asyncio.get_running_loop().run_in_executor(None, stop_recorder, recorder, exporter)
     return 0
+
+
+def start_recorder(cfg: Config, state_dir: Path) -> "tuple[Recorder | None, AuditExporter | None]":
+    """The session recorder and its audit export (None when recording is off / no sinks)."""
+    if not cfg.recording.enabled:
+        log.warning("recording is off ([recording] enabled = false): sessions leave no evidence")
+        return None, None
+    from gateway.keys import load_or_create_ed25519
+    from recorder.cli import RECORDING_KEY
+    from recorder.writer import Recorder
+
+    sinks = None
+    if cfg.audit:
+        from recorder.sinks import AuditExporter
+
+        sinks = AuditExporter(state_dir, cfg.audit)
+        sinks.start()
+    key = load_or_create_ed25519(state_dir / RECORDING_KEY)
+    recorder = Recorder(state_dir, cfg.recording, key, instance=f"{socket.gethostname()}:{os.getpid()}", sinks=sinks)
+    recorder.start()
+    return recorder, sinks
+
+
+def stop_recorder(recorder: "Recorder | None", exporter: "AuditExporter | None") -> None:
+    if recorder is not None:
+        recorder.stop()
+    if exporter is not None:
+        exporter.stop()

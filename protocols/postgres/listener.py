@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from gateway.config import Config, Target
     from gateway.identity import Authenticator
     from policy.engine import PolicyEngine
+    from recorder.writer import Recorder
 
 log = logging.getLogger("wiregate.postgres")
 
 
 class PostgresListener:
     def __init__(self, cfg: "Config", authenticator: "Authenticator", policy: "PolicyEngine",
-                 server_ssl: ssl.SSLContext) -> None:
+                 server_ssl: ssl.SSLContext, recorder: "Recorder | None" = None) -> None:
         self.authenticator = authenticator
         self.policy = policy
         self.server_ssl = server_ssl
@@ -35,6 +36,9 @@ class PostgresListener:
         self.salted_cache = SaltedPasswordCache()
         self.catalogs = CatalogCache()
         self.lineage = SharedLineage()
+        # None when recording is off
+        self.recorder = recorder
+        self.on_record_failure = cfg.recording.on_record_failure
         self.sessions: set[PostgresSession] = set()
         self._upstream_ssl: dict[str, ssl.SSLContext | None] = {}
         self._server: asyncio.base_events.Server | None = None

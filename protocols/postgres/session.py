@@ -14,6 +14,8 @@ import ipaddress
 import logging
 import secrets
 import ssl
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.errors import WiregateError
@@ -23,6 +25,10 @@ from protocols.postgres.codec import F_FUNCTION_CALL, I32, Q_QUERY, ProtocolViol
 from protocols.postgres.catalog import CATALOG_QUERY, CatalogError, CatalogReader, CatalogSnapshot
 from protocols.postgres.relay import BackendStream, FrontendStream, MaskingBackendStream, Refusals, Tracker
 from protocols.postgres.resultmask import ResultMasking
+from protocols.postgres.summary import ResultSummary
+from recorder import events as rec
+from recorder.capture import new_session_id, recorded_text
+from recorder.writer import SessionRecorder
 from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
 from policy.model import Command
 
@@ -117,6 +123,9 @@ class _Side(asyncio.Protocol):
         self.relay = None  # FrontendStream or BackendStream once relaying
         self.peer: "_Side | None" = None
         self.peername: object = None
+        # sees what this side forwards (the recorder's result summaries read the client's bytes)
+        self.observe: Callable[[bytes], None] | None = None
+        self.bytes_in = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -129,8 +138,11 @@ class _Side(asyncio.Protocol):
         if relay is None:
             self.inbox.feed(data)
             return
+        self.bytes_in += len(data)
         try:
             out = relay.feed(data)
+            if self.observe is not None and out:
+                self.observe(out)
         except ProtocolViolation as e:
             self.session.protocol_violation(self, str(e))
             return
@@ -186,6 +198,13 @@ class PostgresSession:
         self.catalog: CatalogSnapshot | None = None
         self.masking: ResultMasking | None = None
         self.tracker: Tracker | None = None
+        # the session's recording (recorder/), its counters and why it ended
+        self.recording: SessionRecorder | None = None
+        self.session_id = ""
+        self._commands = 0
+        self._mark = 0.0  # when the last command went out or the last result came back
+        self._end_reason = "client closed the connection"
+        self._last_decision: tuple | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -198,12 +217,18 @@ class PostgresSession:
     def side_lost(self, side: _Side) -> None:
         if side is self.client and self.upstream is not None and self.upstream.relay is not None:
             self.upstream.write(codec.TERMINATE)
+        elif side is not self.client and not self._closed:
+            self._end_reason = "the target closed the connection"
         self.close()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.recording is not None:
+            self.recording.end(rec.SessionEnd(
+                time=time.time(), reason=self._end_reason, commands=self._commands,
+                bytes_in=self.client.bytes_in, bytes_out=self.upstream.bytes_in if self.upstream is not None else 0))
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self.client.close()
@@ -214,6 +239,7 @@ class PostgresSession:
         self.listener.session_closed(self)
 
     def protocol_violation(self, side: _Side, text: str) -> None:
+        self._end_reason = "protocol violation"
         if side is self.client:
             log.warning("session %s: client protocol violation: %s", self.client_addr, text)
             self.client.write(codec.fatal("08P01", f"wiregate: protocol violation: {text}"))
@@ -230,6 +256,7 @@ class PostgresSession:
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
         log.error("session %s: internal error %s at %s; the session is closed", self.client_addr,
                   type(exc).__name__, where)
+        self._end_reason = "internal error"
         self.client.write(codec.fatal("XX000", "wiregate: internal error; the session is closed"))
         self.close()
 
@@ -468,6 +495,17 @@ class PostgresSession:
 
     def _go_live(self, up: _Side, server_params: dict[str, str], notices: list[bytes],
                  upstream_key: tuple[int, bytes] | None, status: bytes) -> None:
+        recorder = self.listener.recorder
+        if recorder is not None:
+            self.session_id = new_session_id()
+            self.recording = recorder.open(rec.SessionStart(
+                session_id=self.session_id, time=time.time(), identity=self.identity.name,
+                groups=tuple(self.identity.groups), target=self.target.name, protocol="postgres",
+                client=self.client_addr, tls=self.tls, instance=recorder.instance, auth=self.identity.method))
+            if not self.recording.writable and self.listener.on_record_failure == "refuse":
+                self.recording = None
+                raise _Refused("58030", "wiregate: the session is refused because the gateway cannot record it; "
+                               "see the gateway's log")
         out = [codec.AUTH_OK]
         out += [codec.parameter_status(k, v) for k, v in server_params.items()]
         out += notices
@@ -496,6 +534,9 @@ class PostgresSession:
         up.inbox.buf.clear()
         self.client.relay = FrontendStream(self._check, refusals, tracker)
         up.relay = backend
+        if self.recording is not None:
+            up.observe = ResultSummary(self._on_result).feed
+            self._mark = time.monotonic()
         log.info("session %s: %s connected to %s (%s)", self.client_addr, self.identity.name, self.target.name,
                  "tls" if self.tls else "plain")
         if pending_up:
@@ -506,6 +547,40 @@ class PostgresSession:
             self.close()
 
     # ------------------------------------------------------------ policy
+
+    def _record_command(self, msg_type: int, body: bytes, error: bytes | None) -> bytes | None:
+        """Record what the caller asked and what was decided; refuse it when it cannot be recorded."""
+        checked = self._last_decision
+        if checked is not None:
+            text, decision = checked
+            action, rule, kinds, message = decision.action, decision.rule, decision.kinds, decision.message
+        else:  # nothing to enforce here: the statement was not decoded for the policy
+            raw = codec.parse_query(body) if msg_type == Q_QUERY else codec.parse_parse(body)[1] \
+                if msg_type != F_FUNCTION_CALL else b"-- fastpath call"
+            text = raw.decode(self._encoding or "utf-8", "replace")
+            action, rule, kinds, message = "allow", None, (), ""
+        if error is not None and action == "allow":
+            action, message = "deny", codec.parse_fields(error[5:]).get("M", "")
+        text = recorded_text(text, self.policy.masks.scans)
+        self._commands += 1
+        self._mark = time.monotonic()
+        ok = self.recording.record(rec.Command(time=time.time(), kind="function_call" if msg_type == F_FUNCTION_CALL else "sql",
+                                           text=text, decision=action, rule=rule, kinds=tuple(kinds),
+                                           message=message))  # type: ignore[union-attr]
+        if ok or error is not None or self.listener.on_record_failure == "continue":
+            return None
+        return codec.error_response("58030", "wiregate: the command is refused because the session recorder cannot "
+                                    "record it (it is behind or failing); see the gateway's log")
+
+    def _on_result(self, tag: str, rows: int, nbytes: int, error: str | None) -> None:
+        now = time.monotonic()
+        duration = (now - self._mark) * 1000
+        self._mark = now
+        if self.recording is not None:
+            if error is not None:
+                error = recorded_text(error, self.policy.masks.scans)
+            self.recording.record(rec.Result(time=time.time(), tag=tag, rows=rows, bytes=nbytes,
+                                         duration_ms=round(duration, 3), error=error))
 
     def _decode_statement(self, raw: bytes) -> str | None:
         try:
@@ -521,12 +596,22 @@ class PostgresSession:
 
     def _check(self, msg_type: int, body: bytes) -> bytes | None:
         """The policy check for a statement-carrying message: None to forward it, else the client's error."""
+        error = self._decide(msg_type, body)
+        if self.recording is not None:
+            refusal = self._record_command(msg_type, body, error)
+            if refusal is not None:
+                return refusal
+        return error
+
+    def _decide(self, msg_type: int, body: bytes) -> bytes | None:
         policy = self.policy
+        self._last_decision = None
         if not policy.inspects_sql and self.catalog is None:
             return None
         if msg_type == F_FUNCTION_CALL:
             oid = I32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
             name = self.catalog.functions.get(oid, "") if self.catalog is not None else ""
+            sql = f"-- fastpath call of {name or f'function oid {oid}'}"
             if self.masking is not None and self.policy.masks.has_columns and not name.startswith("pg_catalog."):
                 # its result comes back in a FunctionCallResponse, a value of unknown origin
                 return codec.error_response("42501", "wiregate: blocked by mask rules: a fastpath call of a function "
@@ -550,6 +635,7 @@ class PostgresSession:
             except UnicodeDecodeError:
                 return codec.error_response("22021", f"wiregate: the statement is not valid {self._encoding}")
             decision = policy.check_sql(sql)
+        self._last_decision = (sql, decision)
         if decision.action == "allow":
             if self.masking is not None and msg_type != F_FUNCTION_CALL:
                 reason = self.masking.refusal(sql)

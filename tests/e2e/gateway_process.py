@@ -18,7 +18,7 @@ from gateway.pgserver import free_port
 class GatewayProcess:
     def __init__(self, workdir: Path, *, targets: list[dict], rules: list[dict] | None = None,
                  users: list[dict] | None = None, env: dict[str, str] | None = None,
-                 policy_default: str = "allow", identity: dict | None = None) -> None:
+                 policy_default: str = "allow", identity: dict | None = None, extra: dict | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -31,7 +31,7 @@ class GatewayProcess:
         self.config_path = workdir / "wiregate.toml"
         self.config_path.write_text(render_config(
             {"gateway": {"state_dir": "state"}, "listen": {"postgres": f"{self.host}:{self.port}"},
-             "identity": ident, "policy": {"default": policy_default}}, arrays))
+             "identity": ident, "policy": {"default": policy_default}, **(extra or {})}, arrays))
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
