@@ -128,7 +128,7 @@ class FrontendStream:
     """Client → upstream."""
 
     __slots__ = ("_check", "_refusals", "_held", "_remaining", "_dropping", "_skip_to_sync", "_inspect",
-                 "_refused_names", "_tracker")
+                 "_refused_names", "_tracker", "on_bind")
 
     def __init__(self, check: Check, refusals: Refusals, tracker: Tracker | None = None) -> None:
         self._check = check
@@ -140,6 +140,8 @@ class FrontendStream:
         # statement names whose Parse was refused: a Bind or Describe of one is refused too
         self._refused_names: dict[bytes, bytes] = {}
         self._tracker = tracker
+        # told the statement name of every Bind of a named statement (the recorder notes executions)
+        self.on_bind: Callable[[bytes], None] | None = None
         # per message type: whether the relay looks into it
         self._inspect = bytearray(256)
         for t in (Q_QUERY, P_PARSE, F_FUNCTION_CALL):
@@ -299,15 +301,22 @@ class FrontendStream:
                 tracker.queue.append([X_FUNCTION])
         return None
 
+    def watch_binds(self, on_bind: Callable[[bytes], None]) -> None:
+        self.on_bind = on_bind
+        self._inspect[B_BIND] = 1
+
     def _forget_refused(self, name: bytes) -> None:
         if self._refused_names.pop(name, None) is not None and not self._refused_names and self._tracker is None:
-            self._inspect[B_BIND] = self._inspect[D_DESCRIBE] = self._inspect[C_CLOSE] = 0
+            self._inspect[D_DESCRIBE] = self._inspect[C_CLOSE] = 0
+            self._inspect[B_BIND] = self.on_bind is not None
 
     def _bind(self, names: list[bytes]) -> bytes | None:
         portal, statement = names
         error = self._refused_names.get(statement)
         if error is not None:
             return self._refuse(error, self._refusals.prefix)
+        if statement and self.on_bind is not None:
+            self.on_bind(statement)
         tracker = self._tracker
         if tracker is not None:
             tracker.portals[portal] = [tracker.statements.get(statement), UNKNOWN]

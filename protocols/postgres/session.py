@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import WiregateError
 from gateway.identity import AuthError, groups_match
 from protocols.postgres import codec
-from protocols.postgres.codec import F_FUNCTION_CALL, I32, Q_QUERY, ProtocolViolation
+from protocols.postgres.codec import F_FUNCTION_CALL, I32, P_PARSE, Q_QUERY, ProtocolViolation
 from protocols.postgres.catalog import CATALOG_QUERY, CatalogError, CatalogReader, CatalogSnapshot
 from protocols.postgres.relay import BackendStream, FrontendStream, MaskingBackendStream, Refusals, Tracker
 from protocols.postgres.resultmask import ResultMasking
@@ -40,6 +40,8 @@ log = logging.getLogger("wiregate.postgres")
 
 STARTUP_TIMEOUT = 60.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
+# named statement texts kept for recording their executions
+_MAX_STATEMENT_TEXTS = 4096
 # statement kinds that may give a statement name another meaning (SQL PREPARE shares its names
 # with the protocol's Parse)
 _NAMES_QUERIES = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
@@ -150,7 +152,10 @@ class _Side(asyncio.Protocol):
             self.session.internal_error(e)
             return
         if out:
-            self.peer.transport.write(out)  # type: ignore[union-attr]
+            if self.session.held is not None and self is self.session.client:
+                self.session.hold(out)
+            else:
+                self.peer.transport.write(out)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.inbox.feed_eof()
@@ -205,6 +210,10 @@ class PostgresSession:
         self._mark = 0.0  # when the last command went out or the last result came back
         self._end_reason = "client closed the connection"
         self._last_decision: tuple | None = None
+        # fsync = "always": client bytes waiting until the recording of their commands is on disk
+        self.held: list[bytes] | None = None
+        # named statements' texts as recorded at Parse, for the executions of them
+        self._statement_texts: dict[bytes, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -536,6 +545,7 @@ class PostgresSession:
         up.relay = backend
         if self.recording is not None:
             up.observe = ResultSummary(self._on_result).feed
+            self.client.relay.watch_binds(self._on_bind)
             self._mark = time.monotonic()
         log.info("session %s: %s connected to %s (%s)", self.client_addr, self.identity.name, self.target.name,
                  "tls" if self.tls else "plain")
@@ -562,15 +572,64 @@ class PostgresSession:
         if error is not None and action == "allow":
             action, message = "deny", codec.parse_fields(error[5:]).get("M", "")
         text = recorded_text(text, self.policy.masks.scans)
+        if msg_type == P_PARSE and action == "allow":
+            name = codec.parse_parse(body)[0]
+            if name:
+                if len(self._statement_texts) >= _MAX_STATEMENT_TEXTS:
+                    self._statement_texts.clear()
+                self._statement_texts[name] = text
+        return self._record(msg_type, text, action, rule, kinds, message, error)
+
+    def _on_bind(self, statement: bytes) -> None:
+        """An execution of a named statement: recorded as a command of its own (kind ``execute``)."""
+        text = self._statement_texts.get(statement)
+        if text is None:  # prepared with SQL PREPARE, or before the texts were forgotten
+            text = f"EXECUTE {statement.decode('utf-8', 'replace')}"
+        refusal = self._record(None, text, "allow", None, (), f"execution of prepared statement "
+                               f"{statement.decode('utf-8', 'replace')!r}", None)
+        if refusal is not None:
+            # the Bind cannot be refused from here any more; fail closed on the session instead
+            self._end_reason = "the recorder could not take an execution"
+            self.client.write(codec.fatal("58030", "wiregate: the session is closed because the gateway cannot "
+                                          "record it; see the gateway's log"))
+            self.close()
+
+    def _record(self, msg_type: int | None, text: str, action: str, rule: str | None, kinds: tuple,
+                message: str, error: bytes | None) -> bytes | None:
         self._commands += 1
         self._mark = time.monotonic()
-        ok = self.recording.record(rec.Command(time=time.time(), kind="function_call" if msg_type == F_FUNCTION_CALL else "sql",
+        kind = "execute" if msg_type is None else "function_call" if msg_type == F_FUNCTION_CALL else "sql"
+        ok = self.recording.record(rec.Command(time=time.time(), kind=kind,
                                            text=text, decision=action, rule=rule, kinds=tuple(kinds),
                                            message=message))  # type: ignore[union-attr]
+        if ok and self.recording.sync_required and self.held is None:  # type: ignore[union-attr]
+            # fsync = "always": what the client sent from here on waits for the recording
+            self.held = []
+            self.client.transport.pause_reading()  # type: ignore[union-attr]
+            self.recording.synced().add_done_callback(self._synced)  # type: ignore[union-attr]
         if ok or error is not None or self.listener.on_record_failure == "continue":
             return None
         return codec.error_response("58030", "wiregate: the command is refused because the session recorder cannot "
                                     "record it (it is behind or failing); see the gateway's log")
+
+    def hold(self, data: bytes) -> None:
+        self.held.append(data)  # type: ignore[union-attr]
+
+    def _synced(self, future: "asyncio.Future[bool]") -> None:
+        held, self.held = self.held or [], None
+        if self._closed:
+            return
+        if future.cancelled() or not future.result():
+            if self.listener.on_record_failure == "refuse":
+                self._end_reason = "the recorder failed"
+                self.client.write(codec.fatal("58030", "wiregate: the session is closed because the gateway cannot "
+                                              "record it; see the gateway's log"))
+                self.close()
+                return
+        if held and self.upstream is not None:
+            self.upstream.write(b"".join(held))
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.resume_reading()
 
     def _on_result(self, tag: str, rows: int, nbytes: int, error: str | None) -> None:
         now = time.monotonic()

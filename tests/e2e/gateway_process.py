@@ -31,7 +31,9 @@ class GatewayProcess:
         self.config_path = workdir / "wiregate.toml"
         self.config_path.write_text(render_config(
             {"gateway": {"state_dir": "state"}, "listen": {"postgres": f"{self.host}:{self.port}"},
-             "identity": ident, "policy": {"default": policy_default}, **(extra or {})}, arrays))
+             "identity": ident, "policy": {"default": policy_default},
+             **{k: v for k, v in (extra or {}).items() if not isinstance(v, list)}},
+            {**arrays, **{k: v for k, v in (extra or {}).items() if isinstance(v, list)}}))
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None

@@ -191,3 +191,92 @@ with psycopg.connect({dsn!r}, autocommit=True) as conn:
         report = verify(f, keys)
         assert report.ok, report.errors  # a torn tail and a missing seal are warnings only
         assert len(read_recording(f).events) > 10
+
+
+def test_fsync_always_holds_each_command_until_its_recording_is_on_disk(pg, tmp_path):
+    g = GatewayProcess(tmp_path, targets=[pg_target("rec", pg, tls="disable")], env={PW_ENV: pg.app_password},
+                       extra={"recording": {"fsync": "always"}}).start()
+    try:
+        with psycopg.connect(g.dsn("gina", g.token("gina", ["dev"]), "rec", sslmode="disable"),
+                             autocommit=True) as conn:
+            for i in range(50):
+                assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+            with conn.pipeline():
+                cursors = [conn.execute("SELECT %s::int", (i,)) for i in range(20)]
+            assert [c.fetchone()[0] for c in cursors] == list(range(20))
+        [path] = wait_sealed(g, 1)
+        events = [e for _, e in read_recording(path).events]
+        results = [e for e in events if isinstance(e, Result)]
+        assert sum(r.tag == "SELECT 1" for r in results) == 70
+        # psycopg prepares a statement it runs often: its executions are recorded one by one
+        executions = [e for e in events if isinstance(e, Command) and e.kind == "execute"]
+        assert executions and all("SELECT $1::int" in e.text for e in executions)
+        assert sum(isinstance(e, Command) and e.kind in ("sql", "execute") for e in events) >= 70
+        assert verify(path, public_keys(g)).ok
+    finally:
+        g.stop()
+
+
+class _Receiver:
+    """A webhook receiver that can be stopped and started again on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ids: list[str] = []
+        self.server = None
+
+    def start(self) -> None:
+        import http.server
+        import threading
+
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.ids.extend(e["id"] for e in json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_receiver_down_for_a_while_gets_every_event_once(pg, tmp_path):
+    from gateway.pgserver import free_port
+
+    receiver = _Receiver(free_port())
+    receiver.start()
+    g = GatewayProcess(tmp_path, targets=[pg_target("rec", pg, tls="disable")], env={PW_ENV: pg.app_password},
+                       extra={"audit": [{"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/events",
+                                         "batch_ms": 50, "retry_max_s": 0.5}]}).start()
+    try:
+        dsn = g.dsn("hank", g.token("hank", ["dev"]), "rec", sslmode="disable")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(20):
+                conn.execute(f"SELECT {i}")
+        wait_sealed(g, 1)
+        receiver.stop()  # down: events are spooled
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(30):
+                conn.execute(f"SELECT {i}")
+        wait_sealed(g, 2)
+        time.sleep(1.0)
+        receiver.start()
+        expected = {f"{f.stem}:{seq}" for f in recordings(g) for seq, _ in read_recording(f).events}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not expected <= set(receiver.ids):
+            time.sleep(0.1)
+        assert expected <= set(receiver.ids), f"{len(expected - set(receiver.ids))} events never arrived"
+        assert len(receiver.ids) == len(set(receiver.ids)), "an event arrived twice"
+    finally:
+        g.stop()
+        receiver.stop()
