@@ -311,5 +311,10 @@ Then try:
   SELECT upper(ssn), note FROM customers;      -- masked through expressions, and inside free text
   DROP TABLE customers;                        -- blocked by rule "no-destructive-sql"
 
+Every session is recorded; after you disconnect, in another terminal:
+
+  wiregate sessions list -c {config_path}
+  wiregate replay <ID> -c {config_path} --speed 0
+
 Press Ctrl-C to stop everything ({ends}).
 """
