@@ -21,7 +21,7 @@ from collections.abc import Callable
 import msgspec
 
 from protocols.postgres import codec
-from protocols.postgres.codec import I16, I32, ProtocolViolation
+from protocols.postgres.codec import I16, I32
 
 # objects below this OID were created by initdb: system catalogs, built-in types and functions
 FIRST_NORMAL_OID = 16384
