@@ -497,9 +497,10 @@ def test_verified_tokens_are_cached_by_hash_only(tmp_path, jwks_server, rsa_key)
 def test_cached_token_still_expires(tmp_path, rsa_key):
     path = write_jwks(tmp_path / "jwks.json", jwk(rsa_key, "k1"))
     auth = Authenticator(make_cfg(tmp_path, oidc=[provider(jwks_file=str(path), leeway_seconds=0)]))
-    token = make_token(rsa_key, exp=int(time.time()) + 1)
+    exp = int(time.time()) + 3  # whole seconds: far enough ahead for a loaded machine to use it once
+    token = make_token(rsa_key, exp=exp)
     authenticate(auth, token)
-    time.sleep(2.1)
+    time.sleep(max(0.0, exp - time.time()) + 1.1)
     assert refused(auth, token).startswith("token expired at")
 
 
