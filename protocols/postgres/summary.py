@@ -39,29 +39,40 @@ class ResultSummary:
         n = len(data)
         pos = min(self._skip, n)
         self._skip -= pos
-        while pos < n:
-            if n - pos < 5:
-                self._held = data[pos:]
-                return
-            t = data[pos]
-            length = U32.unpack_from(data, pos + 1)[0]
-            if length < 4:
-                raise ProtocolViolation(f"invalid message length {length} towards the client")
-            end = pos + 1 + length
-            if t == _DATAROW or t == _COPYDATA:
-                self.rows += t == _DATAROW
-                self.nbytes += length - 4
-            elif (t == _COMPLETE or t == _ERROR) and length <= _MAX_TEXT_MESSAGE:
-                if end > n:
+        rows, nbytes = self.rows, self.nbytes  # locals: this runs for every row of every result
+        unpack = U32.unpack_from
+        try:
+            while pos < n:
+                if n - pos < 5:
                     self._held = data[pos:]
                     return
-                self._result(t, data[pos + 5:end])
-            elif t == _COMPLETE or t == _ERROR:
-                self._result(t, b"")
-            if end > n:
-                self._skip = end - n
-                return
-            pos = end
+                t = data[pos]
+                length = unpack(data, pos + 1)[0]
+                if length < 4:
+                    raise ProtocolViolation(f"invalid message length {length} towards the client")
+                end = pos + 1 + length
+                if t == _DATAROW:
+                    rows += 1
+                    nbytes += length - 4
+                elif t == _COPYDATA:
+                    nbytes += length - 4
+                elif t == _COMPLETE or t == _ERROR:
+                    if length > _MAX_TEXT_MESSAGE:
+                        body = b""
+                    elif end > n:
+                        self._held = data[pos:]
+                        return
+                    else:
+                        body = data[pos + 5:end]
+                    self.rows, self.nbytes = rows, nbytes
+                    self._result(t, body)
+                    rows = nbytes = 0
+                if end > n:
+                    self._skip = end - n
+                    return
+                pos = end
+        finally:
+            self.rows, self.nbytes = rows, nbytes
 
     def _result(self, t: int, body: bytes) -> None:
         rows, nbytes = self.rows, self.nbytes
