@@ -441,6 +441,11 @@ def _verify_one(sid: str, path: Path, row: SessionRow | None, keys: dict[str, Ed
         return VerifyReport(path=str(path), session_id=sid, frames=0, sealed=False, key_id=None,
                             errors=[f"the recording file is missing ({where} at {path})"], warnings=[])
     report = verify(path, keys, known_seal=row.seal if row is not None else None)
+    if row is not None and row.frames > report.frames:
+        # the index counts frames once they are written: a file holding fewer lost whole frames,
+        # which a crash does not do (only fsync = "never" and a machine crash could)
+        report.errors.append(f"the file holds {report.frames} whole frames, the index counts {row.frames} written: "
+                             "frames were cut from its end")
     if report.session_id is not None and report.session_id != sid:
         report.errors.append(f"the file's header names session {report.session_id}, not {sid} (file renamed?)")
     return report

@@ -191,6 +191,9 @@ with psycopg.connect({dsn!r}, autocommit=True) as conn:
         report = verify(f, keys)
         assert report.ok, report.errors  # a torn tail and a missing seal are warnings only
         assert len(read_recording(f).events) > 10
+    # the CLI also checks the files against the index: a crash never looks like tampering
+    checked = wiregate(g, "sessions", "verify", "--all")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_fsync_always_holds_each_command_until_its_recording_is_on_disk(pg, tmp_path):

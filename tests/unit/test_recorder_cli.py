@@ -378,6 +378,30 @@ def test_verify_torn_tail_after_a_crash_is_a_warning(wiregate, state: Path):
     assert code == 0 and "prod-db=> SELECT 1;" in out and "torn last frame" in err
 
 
+def test_verify_catches_whole_frames_cut_from_an_unsealed_file(wiregate, state: Path):
+    """Without a seal, a cut at a frame boundary looks like a crash; the index's frame count tells."""
+    start = _start(CRASH_ID, T0 + 100, identity="dave", target="prod-db", protocol="postgres")
+    path = recording_path(state, CRASH_ID, start.time)
+    path.parent.mkdir(exist_ok=True)
+    f = SessionFile(path, CRASH_ID)
+    f.append(start)
+    for i in range(3):
+        f.append(Command(time=T0 + 101 + i, kind="sql", text=f"SELECT {i}", decision="allow", rule=None))
+    f.flush(fsync=False)
+    f.close()
+    index = Index(state)
+    index.upsert_session(SessionRow(id=CRASH_ID, identity="dave", groups=(), target="prod-db", protocol="postgres",
+                                    client="10.0.0.7:51234", tls=True, instance="gw-1:4242", auth="dev-token",
+                                    started=start.time, path=str(path), frames=4, commands=3))
+    index.close()
+    header, frames = _frames(path, CRASH_ID)
+    code, out, _ = wiregate("sessions", "verify", "--state-dir", str(state), CRASH_ID)
+    assert code == 0, out
+    path.write_bytes(header + b"".join(frames[:2]))  # the last two commands removed
+    code, out, _ = wiregate("sessions", "verify", "--state-dir", str(state), CRASH_ID)
+    assert code == 1 and "frames were cut from its end" in out, out
+
+
 def test_verify_with_the_exported_key_only(wiregate, state: Path, tmp_path: Path):
     code, pem, _ = wiregate("sessions", "pubkey", "--state-dir", str(state))
     assert code == 0
