@@ -136,7 +136,7 @@ class RecordingSection(_Base):
     # writing it (the default); never: leave it to the OS
     fsync: Literal["always", "batch", "never"] = "batch"
     # the writer takes what is queued at most this often
-    batch_ms: int = 20
+    batch_ms: int = 50
     # events waiting for the writer; when full, new commands are refused (fail closed)
     queue_size: int = 10000
     # "refuse": a session whose events cannot be recorded gets its new commands refused;

@@ -45,6 +45,8 @@ log = logging.getLogger("wiregate.recorder")
 
 # at most one report of refused or dropped events this often (seconds)
 REPORT_EVERY = 10.0
+# the index's counters of running sessions lag their files by at most this many seconds
+INDEX_EVERY = 1.0
 STOPPED_REASON = "the gateway stopped before the session ended"
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 
@@ -212,6 +214,10 @@ class Recorder:
         self._files: dict[SessionRecorder, _Open] = {}
         self._dirs: set[Path] = set()
         self._index: Index | None = None
+        # index rows changed since the index was last written, and when it is next due: a
+        # transaction per batch costs more than the batch itself under load
+        self._index_dirty: dict[str, SessionRow] = {}
+        self._index_due = 0.0
         self._reported = (0, 0, 0, 0)
         self._last_report = float("-inf")
 
@@ -300,6 +306,11 @@ class Recorder:
         finally:
             self._close_all()
             if self._index is not None:
+                if self._failure is None:
+                    try:
+                        self._flush_index(time.monotonic())
+                    except sqlite3.Error as e:
+                        self._fail(str(self._index.path), _describe(e))
                 self._index.close()
             self._report(final=True)
 
@@ -361,7 +372,12 @@ class Recorder:
                     where = d
                     _fsync_dir(d)
             where = self._index.path  # type: ignore[union-attr]
-            self._index.upsert_sessions(o.row for o in touched.values())  # type: ignore[union-attr]
+            for opened in touched.values():
+                self._index_dirty[opened.row.id] = opened.row
+            # sessions that start or end show at once; running counters follow within INDEX_EVERY
+            now = time.monotonic()
+            if dirs or ended or now >= self._index_due:
+                self._flush_index(now)
         except (OSError, sqlite3.Error) as e:
             self._fail(str(where), _describe(e), unwritten=sum(type(p) is not _Sync for _, p in items))
             for _, payload in items:
@@ -376,6 +392,12 @@ class Recorder:
             self._publish(written)
         for sync in syncs:
             _settle(sync, True)
+
+    def _flush_index(self, now: float) -> None:
+        if self._index_dirty:
+            self._index.upsert_sessions(self._index_dirty.values())  # type: ignore[union-attr]
+            self._index_dirty.clear()
+        self._index_due = now + INDEX_EVERY
 
     def _create(self, session: SessionRecorder, start: SessionStart, path: Path, dirs: set[Path]) -> _Open:
         day = path.parent
