@@ -198,7 +198,9 @@ class SessionPolicy:
         # where unqualified names resolve (see set_catalog): the catalog's answer for the names it
         # holds, the search path for the others; None when the path is not known
         self._catalog: tuple[Where, Where] | None = None
-        self._in_txn = False  # inside BEGIN ... COMMIT, as far as the statements tell
+        # inside BEGIN ... COMMIT, as far as the statements tell (wrong only towards caution: a
+        # path change inside a transaction merely widens where names may be)
+        self._in_txn = False
         # name rules place names along it, masking resolves lineage with it
         self._tracks_path = self._name_sensitive or bool(self.masks)
         self._initial_path: tuple[str, ...] | None = _DEFAULT_PATH
@@ -274,11 +276,10 @@ class SessionPolicy:
         """The search path after this string (``_SAME`` when unchanged). Until the string is
         decided, names are placed with the old and the new path both possible."""
         leaves = analysis.leaves
-        in_txn = self._in_txn or "BEGIN" in leaves
-        if not leaves.isdisjoint(_TXN_ENDS):
-            self._in_txn = "BEGIN" in leaves and not self._in_txn  # roughly: BEGIN; ... COMMIT in one string ends it
-        elif "BEGIN" in leaves:
-            self._in_txn = True
+        began, ended = "BEGIN" in leaves, not leaves.isdisjoint(_TXN_ENDS)
+        in_txn = self._in_txn or began
+        if began != ended:  # with both in one string their order is unknown: keep what we had
+            self._in_txn = began
         if _PATH_CHANGES.isdisjoint(leaves):
             return _SAME
         before = self.search_path

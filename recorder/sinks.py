@@ -17,6 +17,7 @@ loses nothing. ``docs/audit.md`` describes the guarantees and the wire formats; 
 
 from __future__ import annotations
 
+import abc
 import errno
 import fcntl
 import hashlib
@@ -478,14 +479,16 @@ class _Stop(Exception):
     pass
 
 
-class _Sink:
+class _Sink(abc.ABC):
+    """A destination: jsonl, syslog or webhook (below). ``send`` delivers a batch or raises."""
+
     name: str
     batch_size = STREAM_BATCH
     batch_ms = 0
     retry_max_s = 60.0
 
-    def send(self, lines: list[bytes]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def send(self, lines: list[bytes]) -> None: ...
 
     def close(self) -> None:
         pass

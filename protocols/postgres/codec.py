@@ -197,14 +197,16 @@ def parse_startup(packet: bytes) -> StartupPacket:
     return StartupPacket("startup", version=code, params=params)
 
 
-def parse_fields(body: bytes) -> dict[str, str]:
-    """Fields of an ErrorResponse/NoticeResponse body."""
+def parse_fields(body: bytes, encoding: str = "utf-8", errors: str = "replace") -> dict[str, str]:
+    """Fields of an ErrorResponse/NoticeResponse body, decoded from ``encoding``."""
     out: dict[str, str] = {}
     pos = 0
     n = len(body)
     while pos < n and body[pos] != 0:
-        end = body.index(b"\x00", pos + 1)
-        out[chr(body[pos])] = body[pos + 1:end].decode("utf-8", "replace")
+        end = body.find(b"\x00", pos + 1)
+        if end < 0:
+            raise ProtocolViolation("error field is not NUL-terminated")
+        out[chr(body[pos])] = body[pos + 1:end].decode(encoding, errors)
         pos = end + 1
     return out
 

@@ -26,13 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pglast
 from pglast import parser as _pg
+from pglast.stream import RawStream
+from pglast.visitors import Visitor
 
 from policy.engine import SessionPolicy
 from policy.glob import split_qualified
 from policy.maskrules import split_source
 from policy.lineage import Catalog, LineageCache, OutputLineage
-from policy.masking import Masker, scrub
+from policy.masking import Masker, scrub, strictest
 from protocols.postgres import codec
 from protocols.postgres.catalog import FIRST_NORMAL_OID, CatalogSnapshot, Relation
 from protocols.postgres.codec import I16, ProtocolViolation
@@ -228,7 +231,6 @@ class ResultMasking:
             return None
         if len(maskers) == 1:
             return maskers[0]
-        from policy.masking import strictest
         style = strictest([m.style for m in maskers])
         return next(m for m in maskers if m.style == style)
 
@@ -463,7 +465,8 @@ class ResultMasking:
         state...): the gateway cannot tell which part of a text came from where.
         """
         encoding = self._encoding() or "utf-8"
-        fields = _fields(body, encoding)
+        # surrogateescape: bytes invalid in the encoding go back out exactly as they came
+        fields = codec.parse_fields(body, encoding, "surrogateescape")
         code = fields.get("C", "")
         reads = (self._masks.has_columns and not code.startswith(_DATALESS_CLASSES)
                  and self._may_read_masked(sql))
@@ -592,26 +595,9 @@ def _sval(node: Any) -> str:
     return ""
 
 
-def _fields(body: bytes, encoding: str) -> dict[str, str]:
-    """The fields of an ErrorResponse / NoticeResponse body, decoded in the session's encoding."""
-    out: dict[str, str] = {}
-    pos, n = 0, len(body)
-    while pos < n and body[pos] != 0:
-        end = body.find(b"\x00", pos + 1)
-        if end < 0:
-            raise ProtocolViolation("error field is not NUL-terminated")
-        out[chr(body[pos])] = body[pos + 1:end].decode(encoding, "surrogateescape")
-        pos = end + 1
-    return out
-
-
 def _written_queries(sql: str) -> list[tuple[str, str | None]]:
     """(target, query text) for every write in ``sql``: the query whose rows a write stores,
     as SELECT text (None when it cannot be put as one)."""
-    import pglast
-    from pglast.stream import RawStream
-    from pglast.visitors import Visitor
-
     out: list[tuple[str, str | None]] = []
 
     def text(node: Any) -> str | None:
