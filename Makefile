@@ -29,6 +29,10 @@ have_pgbouncer         = command -v pgbouncer >/dev/null || test -x /usr/sbin/pg
 have_python3-venv      = $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1
 have_nodejs            = command -v node >/dev/null
 have_npm               = command -v npm >/dev/null
+have_openssh-server    = test -x /usr/sbin/sshd
+have_openssh-client    = command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null
+have_rsync             = command -v rsync >/dev/null
+have_asciinema         = command -v asciinema >/dev/null
 
 # $(call apt_ensure,pkg1 pkg2 ...): apt-get install those whose program is missing.
 # apt-get update runs once, and only when the package lists are older than an hour.
@@ -64,13 +68,13 @@ bench-short: sysdeps-bench $(STAMP)
 setup: $(STAMP)
 
 sysdeps-demo:
-	$(call apt_ensure,postgresql)
+	$(call apt_ensure,postgresql openssh-server openssh-client)
 
 sysdeps-test:
-	$(call apt_ensure,postgresql postgresql-client nodejs npm)
+	$(call apt_ensure,postgresql postgresql-client nodejs npm openssh-server openssh-client rsync asciinema)
 
 sysdeps-bench:
-	$(call apt_ensure,postgresql postgresql-client pgbouncer)
+	$(call apt_ensure,postgresql postgresql-client pgbouncer openssh-server openssh-client)
 
 # The virtualenv; Debian needs python3-venv for `python3 -m venv`.
 $(PY):

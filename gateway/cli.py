@@ -60,7 +60,8 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args.config))
     groups = [g for g in (args.groups or "").split(",") if g]
     return policy_test(cfg, target=args.target, name=args.as_name, groups=groups,
-                       sql=args.sql, command=args.command, tool=args.tool)
+                       sql=args.sql, command=args.command, tool=args.tool, file=args.file,
+                       forward=args.forward)
 
 
 def _cmd_token_issue(args: argparse.Namespace) -> int:
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--sql")
     what.add_argument("--command")
     what.add_argument("--tool")
+    what.add_argument("--file", metavar="'OP PATH'", help='an SSH file operation, e.g. "write /etc/hosts"')
+    what.add_argument("--forward", metavar="'local HOST:PORT'",
+                      help='an SSH forwarding request: "local HOST:PORT", "remote HOST:PORT" or "agent"')
     pt.set_defaults(func=_cmd_policy_test)
 
     p = sub.add_parser("token", help="dev tokens")

@@ -68,6 +68,9 @@ class IdentitySection(_Base):
     admin_groups: list[str] = []
     oidc: list[OIDCProvider] = []
     users: list[UserAccount] = []
+    # OpenSSH certificate authorities: a user certificate one of them signed proves the identity
+    # whose name is one of its principals (that identity's groups come from identity.users)
+    ssh_ca_keys: list[str] = []
 
 
 class Target(_Base):
@@ -102,6 +105,10 @@ class RuleMatch(_Base):
     functions: list[str] = []
     text: list[str] = []
     command: list[str] = []
+    # file operations ("write /etc/*", "remove *"): SFTP requests, legacy scp and rsync transfers
+    file: list[str] = []
+    # SSH forwarding: "local HOST:PORT", "remote HOST:PORT", "agent"
+    forward: list[str] = []
     tool: list[str] = []
     http: HttpMatch | None = None
 
@@ -122,6 +129,17 @@ class Rule(_Base):
     columns: list[str] = []
     detectors: list[str] = []
     style: Literal["redact", "partial", "hash", "null"] = "redact"
+
+
+class SshSection(_Base):
+    """Limits of the SSH listener (protocols/ssh/server.py)."""
+
+    # a client that has not authenticated after this long is disconnected
+    login_timeout: str = "30s"
+    # open channels (sessions and forwards) per client connection
+    max_channels: int = 32
+    # connections still authenticating at once; more are closed at once
+    max_unauthenticated: int = 256
 
 
 class PolicySection(_Base):
@@ -168,6 +186,7 @@ class Config(_Base):
     targets: list[Target] = []
     rules: list[Rule] = []
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
+    ssh: SshSection = msgspec.field(default_factory=SshSection)
     recording: RecordingSection = msgspec.field(default_factory=RecordingSection)
     audit: list[AuditSink] = []
 
@@ -200,6 +219,7 @@ _EXAMPLES: dict[tuple[type, str], str] = {
     (Target, "address"): '"127.0.0.1:5432"',
     (Target, "url"): '"http://127.0.0.1:9000"',
     (Rule, "timeout"): '"5m"',
+    (SshSection, "login_timeout"): '"30s"',
 }
 
 # Keys of each protocol beyond the ones every target has (name, protocol, allow_groups).
@@ -352,8 +372,6 @@ def config_warnings(cfg: Config) -> list[str]:
             if not t.key_file and not t.password_env and not t.password_file:
                 warnings.append(f"{p}: no key_file, password_env or password_file: "
                                 "the gateway has no credential for the upstream")
-            if not t.known_hosts:
-                warnings.append(f"{p}.known_hosts: not set: the upstream host key is not pinned")
     for i, prov in enumerate(ident.oidc):
         if prov.jwks_file and not os.path.exists(prov.jwks_file):
             warnings.append(f"identity.oidc[{i}].jwks_file: {prov.jwks_file} does not exist")
@@ -643,6 +661,17 @@ def _semantic_checks(raw: dict[str, Any], errors: list[str]) -> None:
     for i, t, raw_t in _typed_items(targets, Target):
         _check_target(f"targets[{i}]", t, raw_t, errors)
 
+    section = raw.get("ssh")
+    if isinstance(section, dict) and (ssh := _typed(section, SshSection)) is not None:
+        try:
+            if parse_duration(ssh.login_timeout) < 1:
+                errors.append("ssh.login_timeout: must be at least 1s")
+        except WiregateError as e:
+            errors.append(f"ssh.login_timeout: {e}")
+        if ssh.max_channels < 1:
+            errors.append("ssh.max_channels: must be at least 1")
+        if ssh.max_unauthenticated < 1:
+            errors.append("ssh.max_unauthenticated: must be at least 1")
     section = raw.get("recording")
     if isinstance(section, dict) and (rec := _typed(section, RecordingSection)) is not None:
         if rec.batch_ms < 1 or rec.batch_ms > 10000:
@@ -769,6 +798,14 @@ def _check_identity(raw: dict[str, Any], errors: list[str]) -> None:
             if blob in key_owner and key_owner[blob] != p:
                 errors.append(f"{p}.ssh_keys[{j}]: the same key is listed for {key_owner[blob]}")
             key_owner.setdefault(blob, p)
+    cas = raw.get("ssh_ca_keys")
+    if isinstance(cas, list):
+        for j, key in enumerate(cas):
+            problem = _ssh_key_problem(key) if isinstance(key, str) else None
+            if problem:
+                errors.append(f"identity.ssh_ca_keys[{j}]: {problem}")
+            elif isinstance(key, str) and key.split()[1] in key_owner:
+                errors.append(f"identity.ssh_ca_keys[{j}]: the same key is listed for {key_owner[key.split()[1]]}")
 
 
 def _ssh_key_problem(line: str) -> str | None:
@@ -803,6 +840,9 @@ def _check_target(p: str, t: Target, raw: dict[str, Any], errors: list[str]) -> 
             if not raw.get(key):
                 errors.append(f"{p}.{key}: required for {t.protocol} targets")
         _check_address(t.address, f"{p}.address", errors, allow_port_zero=False)
+    if t.protocol == "ssh" and not raw.get("known_hosts"):
+        errors.append(f"{p}.known_hosts: required for ssh targets: the file pinning the target's host key "
+                      '(e.g. `ssh-keyscan -p 22 HOST > keys/known_hosts`, checked by you)')
     if t.protocol == "http":
         if not t.url:
             errors.append(f"{p}.url: required for http targets")

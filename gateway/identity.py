@@ -63,7 +63,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     groups: tuple[str, ...]
-    method: Literal["oidc", "dev", "service"]
+    method: Literal["oidc", "dev", "service", "ssh-key", "ssh-cert"]
     issuer: str | None = None
     expires_at: float | None = None  # unix time; None for service accounts
 

@@ -41,40 +41,63 @@ def serve(cfg: Config) -> int:
 
 
 async def _serve(cfg: Config) -> int:
-    unserved = [name for name in ("ssh", "http", "admin") if getattr(cfg.listen, name)]
+    unserved = [name for name in ("http", "admin") if getattr(cfg.listen, name)]
     for name in unserved:
         log.warning("listen.%s: this version of wiregate does not serve %s yet; ignored", name, name)
-    if not cfg.listen.postgres:
-        raise WiregateError("nothing to serve: set listen.postgres in the config")
+    if not cfg.listen.postgres and not cfg.listen.ssh:
+        raise WiregateError("nothing to serve: set listen.postgres or listen.ssh in the config")
     state_dir = Path(cfg.gateway.state_dir)
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     authenticator = Authenticator(cfg)
     # the `hash` mask style's key: stable across restarts so hashed values stay comparable
     policy = PolicyEngine(cfg, mask_key=load_or_create_key(state_dir / "keys" / "mask_hmac.key"))
-    from protocols.postgres.listener import PostgresListener
-
-    server_ssl = server_context(state_dir, cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)
     recorder, exporter = start_recorder(cfg, state_dir)
-    pg = PostgresListener(cfg, authenticator, policy, server_ssl, recorder)
-    host, port = parse_listen(cfg.listen.postgres)
+    listeners: list = []
     try:
-        await pg.start(host, port)
-    except OSError as e:
+        if cfg.listen.postgres:
+            from protocols.postgres.listener import PostgresListener
+
+            server_ssl = server_context(state_dir, cfg.gateway.tls_cert_file, cfg.gateway.tls_key_file)
+            pg = PostgresListener(cfg, authenticator, policy, server_ssl, recorder)
+            await _start(pg, "postgres", cfg.listen.postgres)
+            listeners.append(pg)
+            log.info("postgres listening on %s (%d targets)", _addrs(pg), len(pg.targets))
+        if cfg.listen.ssh:
+            from protocols.ssh.server import SshListener
+
+            ssh = SshListener(cfg, authenticator, policy, state_dir, recorder)
+            await _start(ssh, "ssh", cfg.listen.ssh)
+            listeners.append(ssh)
+            log.info("ssh listening on %s (%d targets)", _addrs(ssh), len(ssh.targets))
+    except BaseException:
+        for listener in listeners:
+            await listener.close()
         stop_recorder(recorder, exporter)
-        raise WiregateError(f"listen.postgres: cannot listen on {cfg.listen.postgres}: {e.strerror}") from None
-    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in pg.sockets)
-    log.info("postgres listening on %s (%d targets)", addrs, len(pg.targets))
+        raise
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: closing %d sessions", len(pg.sessions))
-    await pg.close()
+    log.info("stopping")
+    for listener in listeners:
+        await listener.close()
     # the writer thread drains what is queued (sessions just closed seal their files)
     await asyncio.get_running_loop().run_in_executor(None, stop_recorder, recorder, exporter)
     return 0
+
+
+async def _start(listener, name: str, address: str) -> None:
+    host, port = parse_listen(address)
+    try:
+        await listener.start(host, port)
+    except OSError as e:
+        raise WiregateError(f"listen.{name}: cannot listen on {address}: {e.strerror}") from None
+
+
+def _addrs(listener) -> str:
+    return ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listener.sockets)
 
 
 def start_recorder(cfg: Config, state_dir: Path) -> "tuple[Recorder | None, AuditExporter | None]":

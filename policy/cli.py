@@ -37,13 +37,15 @@ def policy_test(
     sql: str | None = None,
     command: str | None = None,
     tool: str | None = None,
+    file: str | None = None,
+    forward: str | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Print the decision for one command and the rule that made it; return the exit status."""
     out = out if out is not None else sys.stdout
-    given = [x for x in (sql, command, tool) if x is not None]
+    given = [x for x in (sql, command, tool, file, forward) if x is not None]
     if len(given) != 1:
-        raise PolicyUsageError("policy test: give exactly one of --sql, --command, --tool")
+        raise PolicyUsageError("policy test: give exactly one of --sql, --command, --tool, --file, --forward")
     spec = next((t for t in cfg.targets if t.name == target), None)
     if spec is None:
         known = ", ".join(t.name for t in cfg.targets) or "none configured"
@@ -71,7 +73,8 @@ def policy_test(
         if session.mask_rules:
             print(f"results masked by: {', '.join(session.mask_rules)}", file=out)
     else:
-        kind, text = ("exec", command) if command is not None else ("tool", tool)
+        kind, text = next((k, v) for k, v in (("exec", command), ("tool", tool), ("file", file),
+                                               ("forward", forward)) if v is not None)
         decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
         print(_line(decision, state="", default=engine.default), file=out)
 

@@ -24,7 +24,7 @@ import msgspec
 from gateway.config import Config, Rule
 from gateway.errors import ConfigError
 from policy.maskrules import MaskRule, MaskSet, compile_mask_rule
-from policy.glob import GlobSet, NameGlobs, Where, command_candidates, simple_command
+from policy.glob import GlobSet, NameGlobs, PatternSet, Where, command_candidates, pattern_problem, simple_command
 from policy.model import ALLOW, Command, Decision
 from policy.sql import RESET_PATH, KNOWN_KINDS, search_path_effects, SqlAnalysis, SqlAnalyzer, normalize_kind, verb_of
 
@@ -38,7 +38,8 @@ _SESSION_CACHE_MAX = 1024
 # texts longer than this are not kept as cache keys
 _TEXT_KEY_MAX = 16384
 
-_NOUNS = {"exec": "command", "tool": "tool call", "function_call": "function call", "http": "request"}
+_NOUNS = {"exec": "command", "tool": "tool call", "function_call": "function call", "http": "request",
+          "file": "file operation", "forward": "forwarding request"}
 
 _BACKSLASH_REFUSED = Decision(
     action="deny", rule=None, sqlstate="42601",
@@ -65,15 +66,18 @@ class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
     sql: tuple[str, ...] = ()
     sql_set: frozenset[str] = frozenset()
     text: tuple[re.Pattern[str], ...] = ()
-    command: GlobSet | None = None
+    command: PatternSet | None = None
+    file: PatternSet | None = None
+    forward: GlobSet | None = None
     tool: GlobSet | None = None
     tables: NameGlobs | None = None
     functions: NameGlobs | None = None
 
     @property
     def can_match_sql(self) -> bool:
-        # command / tool conditions can never hold for a SQL statement
-        return self.match_all or (self.command is None and self.tool is None)
+        # command / file / forward / tool conditions can never hold for a SQL statement
+        return self.match_all or (self.command is None and self.tool is None and self.file is None
+                                  and self.forward is None)
 
     def applies_to(self, target: str, groups: Sequence[str]) -> bool:
         if not self.targets.matches(target):
@@ -101,7 +105,7 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
     for key in _UNSUPPORTED_KEYS:
         if getattr(m, key):
             errors.append(f"{where}.match.{key}: not supported yet")
-    if not (m.sql or m.text or m.command or m.tool or m.tables or m.functions or m.http):
+    if not (m.sql or m.text or m.command or m.file or m.forward or m.tool or m.tables or m.functions or m.http):
         errors.append(f"{where}.match: empty; leave `match` out to match every command")
     sql: list[str] = []
     for j, entry in enumerate(m.sql):
@@ -120,12 +124,23 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
             text.append(re.compile(pattern, re.IGNORECASE))
         except re.error as exc:
             errors.append(f"{where}.match.text[{j}]: invalid regular expression: {exc}")
+    for key in ("command", "file"):
+        for j, pattern in enumerate(getattr(m, key)):
+            problem = pattern_problem(pattern)
+            if problem:
+                errors.append(f"{where}.match.{key}[{j}]: {problem}")
+    for j, pattern in enumerate(m.forward):
+        if pattern != "agent" and not pattern.startswith(("local ", "remote ")):
+            errors.append(f'{where}.match.forward[{j}]: {pattern!r} must be "local HOST:PORT", '
+                          '"remote HOST:PORT" or "agent" (globs allowed in HOST and PORT)')
     return CompiledRule(
         match_all=False,
         sql=tuple(sql),
         sql_set=frozenset(sql),
         text=tuple(text),
-        command=GlobSet(m.command) if m.command else None,
+        command=PatternSet(m.command) if m.command and not errors else None,
+        file=PatternSet(m.file) if m.file and not errors else None,
+        forward=GlobSet(m.forward) if m.forward else None,
         tool=GlobSet(m.tool) if m.tool else None,
         tables=NameGlobs(m.tables) if m.tables else None,
         functions=NameGlobs(m.functions) if m.functions else None,
@@ -380,10 +395,18 @@ class SessionPolicy:
         if command.kind == "sql":
             return self.check_sql(command.text)
         noun = _NOUNS.get(command.kind, "request")
+        forward = command.kind == "forward"
         for rule in self.rules:
+            # forwarding opens a path into the target's network: only a rule naming it allows it
+            if forward and rule.action == "allow" and rule.forward is None:
+                continue
             hit = _other_hit(rule, command)
             if hit is not None:
                 return self._decision(rule, hit or (f"this {noun}", False), ())
+        if forward:
+            return Decision(action="deny", rule=None,
+                            message=f"wiregate: forwarding refused: no rule allows {command.text} "
+                                    f"on target \"{self.target}\"")
         return self._default((), noun)
 
     # -- decisions --------------------------------------------------------------------------
@@ -484,16 +507,27 @@ def _other_hit(rule: CompiledRule, command: Command) -> tuple[str, bool] | tuple
             return None
         if rule.action == "allow":
             line = simple_command(command.text)
-            if line is None or not rule.command.matches(line):
+            if line is None or rule.command.first_match(line, full=True) is None:
                 return None
         else:
             for candidate in command_candidates(command.text):
-                if rule.command.matches(candidate):
-                    pattern = rule.command.first_match(candidate)
-                    hit = (f'commands matching "{pattern}"', True) if pattern else ()
+                pattern = rule.command.first_match(candidate, full=False)
+                if pattern is not None:
+                    hit = (f'commands matching "{pattern}"', True)
                     break
             else:
                 return None
+    if rule.file is not None:
+        if command.kind != "file":
+            return None
+        pattern = rule.file.first_match(command.text, full=True)
+        if pattern is None:
+            return None
+        hit = (f'file operations matching "{pattern}"', True)
+    if rule.forward is not None:
+        if command.kind != "forward" or not rule.forward.matches(command.text):
+            return None
+        hit = (f"forwarding ({command.text})", False)
     if rule.tool is not None:
         if command.kind != "tool" or not rule.tool.matches(command.text):
             return None

@@ -117,6 +117,54 @@ def simple_command(line: str) -> str | None:
     return normalize_command(unq)
 
 
+REGEX_PREFIX = "re:"
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why a ``command`` / ``file`` entry is unusable (empty, a bad ``re:`` regex), or None."""
+    if not pattern.strip():
+        return "empty pattern"
+    if pattern.startswith(REGEX_PREFIX):
+        try:
+            re.compile(pattern[len(REGEX_PREFIX):])
+        except re.error as exc:
+            return f"invalid regular expression: {exc}"
+    return None
+
+
+class PatternSet:
+    """Globs and ``re:`` regexes for command lines and file operations.
+
+    A glob must match the whole string. A regex (``re:^rm\\s+-[a-z]*r``) is searched
+    (``re.search``) when matching for deny/review, and must match the whole string
+    (``re.fullmatch``) when matching for allow, so an allow regex cannot cover more than it
+    says. Both are case-sensitive, like the commands and paths they match.
+    """
+
+    __slots__ = ("patterns", "_globs", "_regexes")
+
+    def __init__(self, patterns: Sequence[str]):
+        self.patterns = tuple(patterns)
+        self._globs = GlobSet([p for p in self.patterns if not p.startswith(REGEX_PREFIX)])
+        self._regexes = tuple((p, re.compile(p[len(REGEX_PREFIX):])) for p in self.patterns
+                              if p.startswith(REGEX_PREFIX))
+
+    def first_match(self, value: str, *, full: bool) -> str | None:
+        """The first entry matching ``value`` (``full``: regexes must match all of it), or None."""
+        if self._globs.matches(value):
+            return self._globs.first_match(value) or EVERYONE
+        for text, rx in self._regexes:
+            if (rx.fullmatch(value) if full else rx.search(value)) is not None:
+                return text
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"PatternSet({list(self.patterns)!r})"
+
+
 class NameGlobs:
     """Globs on relation or function names as the SQL analysis reports them.
 

@@ -18,10 +18,16 @@ from gateway.pgserver import free_port
 class GatewayProcess:
     def __init__(self, workdir: Path, *, targets: list[dict], rules: list[dict] | None = None,
                  users: list[dict] | None = None, env: dict[str, str] | None = None,
-                 policy_default: str = "allow", identity: dict | None = None, extra: dict | None = None) -> None:
+                 policy_default: str = "allow", identity: dict | None = None, extra: dict | None = None,
+                 ssh: bool = False) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.host = "127.0.0.1"
+        # listen.ssh too, on its own port
+        self.ssh_port = free_port() if ssh else None
+        listen = {"postgres": f"{self.host}:{self.port}"}
+        if ssh:
+            listen["ssh"] = f"{self.host}:{self.ssh_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         ident = {"dev_tokens": True}
         ident.update(identity or {})
@@ -30,7 +36,7 @@ class GatewayProcess:
             arrays["identity.users"] = users
         self.config_path = workdir / "wiregate.toml"
         self.config_path.write_text(render_config(
-            {"gateway": {"state_dir": "state"}, "listen": {"postgres": f"{self.host}:{self.port}"},
+            {"gateway": {"state_dir": "state"}, "listen": listen,
              "identity": ident, "policy": {"default": policy_default},
              **{k: v for k, v in (extra or {}).items() if not isinstance(v, list)}},
             {**arrays, **{k: v for k, v in (extra or {}).items() if isinstance(v, list)}}))
@@ -48,7 +54,9 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                for port in (self.port, self.ssh_port):
+                    if port is not None:
+                        socket.create_connection((self.host, port), timeout=0.5).close()
                 return self
             except OSError:
                 time.sleep(0.05)

@@ -408,6 +408,7 @@ def test_fields_of_another_protocol(tmp_path):
         protocol = "ssh"
         address = "10.0.0.1:22"
         user = "deploy"
+        known_hosts = "kh"
         database = "app"
         tls = "require"
         [[targets]]
@@ -421,6 +422,24 @@ def test_fields_of_another_protocol(tmp_path):
     assert_error(errors, "targets[1].tls: not used by ssh targets")
     assert_error(errors, "targets[2].key_file: not used by http targets (only by ssh)")
     assert len(errors) == 4
+
+
+def test_ssh_target_needs_known_hosts(tmp_path):
+    errors = errors_of(tmp_path, """[[targets]]
+        name = "box"
+        protocol = "ssh"
+        address = "10.0.0.1:22"
+        user = "deploy"
+        key_file = "k"
+        allow_groups = ["sre"]
+    """)
+    assert errors == ["targets[0].known_hosts: required for ssh targets: the file pinning the target's host key "
+                      "(e.g. `ssh-keyscan -p 22 HOST > keys/known_hosts`, checked by you)"]
+
+
+def test_ssh_ca_keys_checked(tmp_path):
+    errors = errors_of(tmp_path, '[identity]\nssh_ca_keys = ["ssh-ed25519 notbase64!"]\n')
+    assert errors == ['identity.ssh_ca_keys[0]: the key data after "ssh-ed25519" is not valid base64 of an SSH key']
 
 
 def test_target_name_must_be_routable(tmp_path):

@@ -1,0 +1,353 @@
+"""The SSH listener and one client connection: authentication, the target, limits, forwarding.
+
+``SshListener`` owns what connections share (targets, the key index, the host key, the
+recorder); ``SshConnection`` is asyncssh's per-connection ``SSHServer``: it proves who is
+calling (``auth``), opens the gateway's own connection to the target once (``upstream``), and
+hands each session channel to ``channel.SessionChannel``.
+
+Limits that keep a bad client from hurting others (``[ssh]`` in the config): ``login_timeout``
+to authenticate, ``MAX_AUTH_FAILURES`` failed attempts, ``max_unauthenticated`` connections
+still authenticating at once, ``max_channels`` open channels per connection; a protocol error
+(garbage after the banner) closes only that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
+
+from gateway.config import parse_duration
+from gateway.identity import AuthError, Identity, groups_match
+from gateway.keys import install_private_file
+from policy.model import Command
+from protocols.ssh.auth import IDENTITY_OPTION, KeyIndex, key_identity, parse_username
+from protocols.ssh.channel import SessionChannel
+from protocols.ssh.forward import LocalForward
+from protocols.ssh.upstream import UpstreamError, connect_upstream
+
+if TYPE_CHECKING:
+    from gateway.config import Config, Target
+    from gateway.identity import Authenticator
+    from policy.engine import PolicyEngine, SessionPolicy
+    from recorder.writer import Recorder
+
+log = logging.getLogger("wiregate.ssh")
+
+HOST_KEY = Path("keys") / "ssh_host_ed25519"
+MAX_AUTH_FAILURES = 6
+# a failed token costs the caller this long, so guessing is slow
+FAILED_TOKEN_DELAY = 0.5
+SERVER_VERSION = "wiregate"
+
+
+def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
+    """The gateway's SSH host key (OpenSSH format, mode 0600), generated on first start."""
+    path = Path(state_dir) / HOST_KEY
+    try:
+        return asyncssh.read_private_key(path)
+    except FileNotFoundError:
+        pass
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="wiregate host key")
+    if install_private_file(path, key.export_private_key(), "the SSH host key"):
+        path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+        return key
+    return asyncssh.read_private_key(path)
+
+
+class SshListener:
+    def __init__(self, cfg: "Config", authenticator: "Authenticator", policy: "PolicyEngine",
+                 state_dir: Path, recorder: "Recorder | None" = None) -> None:
+        self.authenticator = authenticator
+        self.policy = policy
+        self.targets: dict[str, Target] = {t.name: t for t in cfg.targets if t.protocol == "ssh"}
+        self.keys = KeyIndex(cfg)
+        self.host_key = load_or_create_host_key(state_dir)
+        self.recorder = recorder
+        self.on_record_failure = cfg.recording.on_record_failure
+        self.login_timeout = parse_duration(cfg.ssh.login_timeout)
+        self.max_channels = cfg.ssh.max_channels
+        self.max_unauthenticated = cfg.ssh.max_unauthenticated
+        self.connections: set[SshConnection] = set()
+        self.unauthenticated = 0
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncssh.create_server(
+            lambda: SshConnection(self), host, port, server_host_keys=[self.host_key],
+            server_version=SERVER_VERSION, encoding=None, line_editor=False, allow_pty=True,
+            x11_forwarding=False, agent_forwarding=False, login_timeout=self.login_timeout,
+            keepalive_interval=60, keepalive_count_max=3, gss_host=None, reuse_address=True,
+            backlog=1024, allow_scp=False, sftp_factory=None)
+
+    @property
+    def sockets(self) -> list:
+        return list(self._server.sockets) if self._server is not None else []
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class SshConnection(asyncssh.SSHServer):
+    """One client connection (asyncssh calls these methods)."""
+
+    def __init__(self, listener: SshListener):
+        self.listener = listener
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.client_addr = "?"
+        self.target: Target | None = None
+        self.identity: Identity | None = None
+        self.policy: SessionPolicy | None = None
+        self._claimed: str | None = None  # NAME of NAME@TARGET
+        self._candidate: Identity | None = None  # who the last successful check proved
+        self._failures = 0
+        self._authenticated = False
+        self._counted = False
+        self._upstream: asyncio.Task | None = None
+        self._home: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.channels: set[Any] = set()
+
+    # ---- connection ---------------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.client_addr = f"{peer[0]}:{peer[1]}"
+        listener = self.listener
+        listener.connections.add(self)
+        if listener.unauthenticated >= listener.max_unauthenticated:
+            log.warning("ssh: %s refused: %d connections are already authenticating", self.client_addr,
+                        listener.unauthenticated)
+            conn.close()
+            return
+        listener.unauthenticated += 1
+        self._counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._uncount()
+        self.listener.connections.discard(self)
+        if exc is not None and not self._authenticated:
+            log.info("ssh: %s disconnected before authenticating: %s", self.client_addr, exc)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._upstream is not None:
+            if self._upstream.done() and not self._upstream.cancelled() and self._upstream.exception() is None:
+                self._upstream.result().close()
+            else:
+                self._upstream.cancel()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.listener.unauthenticated -= 1
+
+    def spawn(self, coro: Coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            # a bug must not leave the connection hanging: log where, never the data, and close
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+            log.error("ssh: %s: internal error %s at %s; closing the connection", self.client_addr,
+                      type(exc).__name__, where)
+            self.close()
+
+    # ---- authentication -----------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        name, target_name = parse_username(username)
+        self._claimed = name
+        self.target = self.listener.targets.get(target_name)
+        if self.target is None:
+            self._banner(f'wiregate: no SSH target named "{target_name}": connect as TARGET@gateway '
+                         "(with your key) or NAME@TARGET@gateway (with your token as the password)")
+        else:
+            cas = self.listener.keys.authorized_cas()
+            if cas is not None:
+                self.conn.set_authorized_keys(cas)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        self._candidate = None
+        user = self.listener.keys.owner(key) if self.target is not None else None
+        if user is None:
+            return self._failed()
+        return self._accept(key_identity(user))
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._token(password)
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        if self.target is None:
+            return False
+        # "Password" in the prompt: clients that answer password prompts (sshpass, asyncssh) answer it
+        return "wiregate", f'Sign in to target "{self.target.name}" with your token', "", [("Password (your wiregate token): ", False)]
+
+    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        if len(responses) != 1:
+            return self._failed()
+        return await self._token(responses[0])
+
+    async def _token(self, token: str) -> bool:
+        self._candidate = None
+        if self.target is None:
+            return self._failed()
+        try:
+            identity = await self.listener.authenticator.authenticate(token)
+        except AuthError as e:
+            self._banner(f"wiregate: authentication failed: {e}")
+            await asyncio.sleep(FAILED_TOKEN_DELAY)
+            return self._failed()
+        return self._accept(identity)
+
+    def _accept(self, identity: Identity) -> bool:
+        target = self.target
+        if self._claimed is not None and self._claimed != identity.name:
+            self._banner(f'wiregate: user name "{self._claimed}" does not match the credential, which is '
+                         f'for "{identity.name}"')
+            return self._failed()
+        if not groups_match(identity.groups, target.allow_groups):
+            self._banner(f'wiregate: "{identity.name}" is not allowed on target "{target.name}" '
+                         "(none of your groups is in its allow_groups)")
+            return self._failed()
+        self._candidate = identity
+        return True
+
+    def _failed(self) -> bool:
+        self._failures += 1
+        if self._failures >= MAX_AUTH_FAILURES:
+            log.info("ssh: %s: too many failed authentication attempts; closing", self.client_addr)
+            self.conn.close()
+        return False
+
+    def _banner(self, text: str) -> None:
+        try:
+            self.conn.send_auth_banner(text + "\r\n")
+        except OSError:
+            pass  # authentication already over
+
+    def auth_completed(self) -> None:
+        identity = self._candidate
+        if identity is None:
+            # a certificate: asyncssh matched one of the CA entries, which names the identity
+            identity = self.listener.keys.certificate_identity(self.conn.get_key_option(IDENTITY_OPTION))
+            if identity is not None:
+                self._accept(identity)
+                identity = self._candidate
+        if identity is None or self.target is None:
+            log.error("ssh: %s: authentication completed without an identity; closing", self.client_addr)
+            self.close()
+            return
+        self.identity = identity
+        self._authenticated = True
+        self._uncount()
+        self.policy = self.listener.policy.session(protocol="ssh", target=self.target.name,
+                                                   identity=identity.name, groups=identity.groups)
+        log.info("ssh: %s: %s connected to %s (%s)", self.client_addr, identity.name, self.target.name,
+                 identity.method)
+        self._upstream = asyncio.get_running_loop().create_task(connect_upstream(self.target))
+        self._upstream.add_done_callback(_quiet)
+
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        assert self._upstream is not None
+        return await asyncio.shield(self._upstream)
+
+    async def home(self) -> str:
+        """The target user's home directory, where relative file paths start (learnt once per
+        connection over SFTP: scp and rsync name files relative to it)."""
+        if self._home is None:
+            self._home = asyncio.get_running_loop().create_task(self._learn_home())
+            self._home.add_done_callback(_quiet)
+        return await asyncio.shield(self._home)
+
+    async def _learn_home(self) -> str:
+        upstream = await self.upstream()
+        try:
+            async with upstream.start_sftp_client() as sftp:
+                home = await sftp.realpath(".")
+        except (asyncssh.Error, OSError) as e:
+            raise UpstreamError(f'wiregate: cannot learn the home directory on target "{self.target.name}", '
+                                f"so relative paths cannot be checked: {getattr(e, 'reason', None) or e}") from None
+        if isinstance(home, bytes):
+            home = home.decode("utf-8", "surrogateescape")
+        return home
+
+    # ---- channels -----------------------------------------------------------------------
+
+    def session_requested(self) -> Any:
+        self._channel_limit()
+        channel = SessionChannel(self)
+        self.channels.add(channel)  # counted from the request on, so a burst cannot pass the limit
+        return channel
+
+    def _channel_limit(self) -> None:
+        limit = self.listener.max_channels
+        if len(self.channels) >= limit:
+            raise asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            f"wiregate: at most {limit} channels per connection")
+
+    def channel_closed(self, channel: Any) -> None:
+        self.channels.discard(channel)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        self._channel_limit()
+        what = f"local {dest_host}:{dest_port}"
+        forward = LocalForward(self, dest_host, dest_port, what)
+        decision = self.policy.check(Command(protocol="ssh", target=self.target.name, kind="forward", text=what))
+        forward.record_decision(decision)
+        if not decision.allowed:
+            log.info("ssh: %s: %s refused: %s", self.client_addr, what, decision.message)
+            raise asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, decision.message)
+        self.channels.add(forward)
+        return forward
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        what = f"remote {listen_host}:{listen_port}"
+        decision = self.policy.check(Command(protocol="ssh", target=self.target.name, kind="forward", text=what))
+        LocalForward(self, listen_host, listen_port, what).record_decision(decision, end=True)
+        if decision.allowed:
+            # a rule allows it, but this version cannot carry remote forwards: say so rather than pretend
+            log.warning("ssh: %s: %s allowed by rule %s, but remote forwarding is not supported yet",
+                        self.client_addr, what, decision.rule)
+        else:
+            log.info("ssh: %s: %s refused: %s", self.client_addr, what, decision.message)
+        return False
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """Retrieve a task's exception so that an upstream failure nobody awaited is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
