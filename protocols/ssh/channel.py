@@ -34,6 +34,8 @@ from asyncssh.constants import EXTENDED_DATA_STDERR
 
 from policy.model import Command, Decision
 from protocols.ssh import transfer
+from protocols.ssh.scprelay import ScpRelay
+from protocols.ssh.transfer import ScpDone, ScpError, ScpStream, normalize_path
 from protocols.ssh.outmask import StreamMasker
 from protocols.ssh.sftp import SftpError, SftpInspector
 from protocols.ssh.terminal import Enter, LineTracker
@@ -68,6 +70,14 @@ def file_commands(op: str, path: str, path2: str | None) -> list[str]:
     return texts
 
 
+def _resolve(path: str, home: str) -> str:
+    """A path as the target's shell and file system see it: ``~`` and relative paths start at the
+    login user's home."""
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    return normalize_path(posixpath.join(home, path))
+
+
 class SessionChannel(asyncssh.SSHServerSession):
     """The client's half: one instance per session channel."""
 
@@ -95,6 +105,7 @@ class SessionChannel(asyncssh.SSHServerSession):
         self.tracker: LineTracker | None = None
         self.sftp: SftpInspector | None = None
         self.transfer: transfer.FileTransfer | None = None
+        self.scp: ScpRelay | None = None
         self.record_output = True
         self._stdin_line = bytearray()  # a shell without PTY: the line being read
         self._pending: list[tuple[bytes, int]] = []  # client data that arrived before the target channel
@@ -251,6 +262,8 @@ class SessionChannel(asyncssh.SSHServerSession):
             self._held.append(data)
         elif self.sftp is not None:
             self._sftp_from_client(data)
+        elif self.scp is not None:
+            self._scp(data, from_client=True)
         elif self.tracker is not None:
             self._typed(self.tracker.input(data))
         elif self.kind == "shell":
@@ -413,16 +426,18 @@ class SessionChannel(asyncssh.SSHServerSession):
             except UpstreamError as e:
                 self._fail(str(e))
                 return False
-            for path in self.transfer.paths:
-                if path == "~" or path.startswith("~/"):
-                    path = home + path[1:]  # what the target's shell expands it to
-                path = posixpath.normpath(posixpath.join(home, path))
-                if path.startswith("//"):
-                    path = "/" + path.lstrip("/")
-                op = "read" if self.transfer.direction == "download" else "write"
-                decision = self._decide_file(op, path, None)
+            for op_text in self.transfer.ops:
+                op, _, path = op_text.partition(" ")
+                decision = self._decide_file(op, _resolve(path, home), None)
                 if not decision.allowed:
                     break
+            if self.transfer.tool == "sftp":
+                self.sftp = SftpInspector(cwd=home)
+            elif self.transfer.tool == "scp" and self.transfer.paths:
+                upload = self.transfer.direction == "upload"
+                base = _resolve(self.transfer.paths[0], home)
+                self.scp = ScpRelay(ScpStream(base if upload else posixpath.dirname(base)), upload=upload,
+                                    decide=self._scp_decide, done=self._scp_done)
         self._record_command("exec", command, decision)
         if decision.allowed and self.recording is not None and self.recording.sync_required:
             if not await self.recording.synced() and self.owner.listener.on_record_failure == "refuse":
@@ -433,6 +448,33 @@ class SessionChannel(asyncssh.SSHServerSession):
         self._finish_exit(DENIED_EXIT, reason="command refused")
         return False
 
+    def _scp(self, data: bytes, *, from_client: bool) -> None:
+        relay = self.scp
+        source_is_client = relay.upload
+        try:
+            moves = relay.from_source(data) if from_client == source_is_client else relay.from_sink(data)
+        except ScpError as e:
+            self._protocol_error(f"wiregate: scp protocol error: {e}")
+            return
+        to_client, to_target = (moves.to_source, moves.to_sink) if source_is_client else (moves.to_sink, moves.to_source)
+        if to_target:
+            self.up.write(bytes(to_target))
+        if to_client:
+            self._to_client(bytes(to_client), None)
+        if not source_is_client:
+            # the caller's scp is the sink: it would not learn why a file did not come
+            for notice in moves.notices:
+                self._tell(f"{notice}\n".encode(), stderr=True)
+
+    def _scp_decide(self, op: str, path: str) -> Decision:
+        decision = self._decide_file(op, path, None)
+        if not decision.allowed:
+            self._record_command("file", f"{op} {path}", decision)
+        return decision
+
+    def _scp_done(self, op: str, done: ScpDone) -> None:
+        self._record_file(f"{op} {normalize_path(done.path)}", done.bytes, None if done.ok else "failed")
+
     # ---- target -> client -----------------------------------------------------------------
 
     def from_target(self, data: bytes, datatype: int | None) -> None:
@@ -440,6 +482,9 @@ class SessionChannel(asyncssh.SSHServerSession):
             return
         if self.sftp is not None:
             self._sftp_from_target(data)
+            return
+        if self.scp is not None and not datatype:
+            self._scp(data, from_client=False)
             return
         if self.tracker is not None:
             self.tracker.output(data)
@@ -559,12 +604,16 @@ class SessionChannel(asyncssh.SSHServerSession):
                                 duration_ms=(time.time() - self.started) * 1000))
 
     def _record_transfer(self, done: Any) -> None:
+        self._record_file(done.command, done.bytes_read + done.bytes_written,
+                          None if done.ok else (done.status_message or "failed"))
+
+    def _record_file(self, command: str, nbytes: int, error: str | None) -> None:
+        """One file operation that went through: its text, and its bytes in a result."""
         self.commands += 1
-        text = recorded_text(done.command, self.scans)
+        text = recorded_text(command, self.scans)
         now = time.time()
         self._record(rec.Command(time=now, kind="file", text=text, decision="allow", rule=None))
-        self._record(rec.Result(time=now, tag=text, rows=0, bytes=done.bytes_read + done.bytes_written,
-                                duration_ms=0.0, error=None if done.ok else (done.status_message or "failed")))
+        self._record(rec.Result(time=now, tag=text, rows=0, bytes=nbytes, duration_ms=0.0, error=error))
 
     def _end(self) -> None:
         if self.recording is not None:

@@ -10,6 +10,7 @@ not recorded or inspected: a forwarded port carries another protocol.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -23,15 +24,20 @@ if TYPE_CHECKING:
     from protocols.ssh.server import SshConnection
 
 
-class LocalForward(asyncssh.SSHTCPSession):
-    """The client's half of one direct-tcpip channel, relayed to the same destination as seen
-    from the target."""
+class Tunnel(asyncssh.SSHTCPSession):
+    """The first half of one forwarded connection; it opens the second half (``open_other``)
+    and relays between them.
 
-    def __init__(self, owner: "SshConnection", host: str, port: int, what: str):
+    Local forwarding (``ssh -L``): the first half is the client's direct-tcpip channel, the
+    second a direct-tcpip channel from the target to the destination. Remote forwarding
+    (``ssh -R``): the first half is a connection the target accepted on the forwarded port,
+    the second a forwarded-tcpip channel back to the client."""
+
+    def __init__(self, owner: "SshConnection", what: str,
+                 open_other: Callable[[Callable[[], asyncssh.SSHTCPSession]], Awaitable[tuple]] | None = None):
         self.owner = owner
-        self.host = host
-        self.port = port
         self.what = what
+        self.open_other = open_other
         self.chan: asyncssh.SSHTCPChannel | None = None
         self.up: asyncssh.SSHTCPChannel | None = None
         self.started = time.time()
@@ -54,7 +60,7 @@ class LocalForward(asyncssh.SSHTCPSession):
         self.recording.record(rec.Command(time=time.time(), kind="forward", text=self.what,
                                           decision=decision.action, rule=decision.rule, message=decision.message))
         if end or not decision.allowed:
-            self.reason = "refused" if not decision.allowed else "not supported"
+            self.reason = "refused" if not decision.allowed else "listening"
             self._end()
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
@@ -64,10 +70,9 @@ class LocalForward(asyncssh.SSHTCPSession):
 
     async def _open(self) -> None:
         try:
-            upstream = await self.owner.upstream()
-            self.up, _ = await upstream.create_connection(lambda: _TargetSide(self), self.host, self.port)
+            self.up, _ = await self.open_other(lambda: _OtherSide(self))
         except (UpstreamError, asyncssh.Error, OSError) as e:
-            self.reason = f"the target could not open {self.host}:{self.port}: {getattr(e, 'reason', None) or e}"
+            self.reason = f"could not open the other side: {getattr(e, 'reason', None) or e}"
             self.chan.close()
             return
         if self.closed:
@@ -124,8 +129,8 @@ class LocalForward(asyncssh.SSHTCPSession):
         self.recording = None
 
 
-class _TargetSide(asyncssh.SSHTCPSession):
-    def __init__(self, peer: LocalForward):
+class _OtherSide(asyncssh.SSHTCPSession):
+    def __init__(self, peer: Tunnel):
         self.peer = peer
 
     def data_received(self, data: bytes, datatype: Any) -> None:

@@ -26,10 +26,10 @@ from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
 from gateway.config import parse_duration
 from gateway.identity import AuthError, Identity, groups_match
 from gateway.keys import install_private_file
-from policy.model import Command
+from policy.model import Command, Decision
 from protocols.ssh.auth import IDENTITY_OPTION, KeyIndex, key_identity, parse_username
 from protocols.ssh.channel import SessionChannel
-from protocols.ssh.forward import LocalForward
+from protocols.ssh.forward import Tunnel
 from protocols.ssh.upstream import UpstreamError, connect_upstream
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class SshListener:
         self.login_timeout = parse_duration(cfg.ssh.login_timeout)
         self.max_channels = cfg.ssh.max_channels
         self.max_unauthenticated = cfg.ssh.max_unauthenticated
+        # the caller's agent is only ever exposed to the gateway when some rule may allow it
+        self.agent_forwarding = any(r.forward is not None and r.forward.matches("agent") for r in policy.rules)
         self.connections: set[SshConnection] = set()
         self.unauthenticated = 0
         self._server: asyncssh.SSHAcceptor | None = None
@@ -82,7 +84,7 @@ class SshListener:
         self._server = await asyncssh.create_server(
             lambda: SshConnection(self), host, port, server_host_keys=[self.host_key],
             server_version=SERVER_VERSION, encoding=None, line_editor=False, allow_pty=True,
-            x11_forwarding=False, agent_forwarding=False, login_timeout=self.login_timeout,
+            x11_forwarding=False, agent_forwarding=self.agent_forwarding, login_timeout=self.login_timeout,
             keepalive_interval=60, keepalive_count_max=3, gss_host=None, reuse_address=True,
             backlog=1024, allow_scp=False, sftp_factory=None)
 
@@ -278,11 +280,17 @@ class SshConnection(asyncssh.SSHServer):
                                                    identity=identity.name, groups=identity.groups)
         log.info("ssh: %s: %s connected to %s (%s)", self.client_addr, identity.name, self.target.name,
                  identity.method)
-        self._upstream = asyncio.get_running_loop().create_task(connect_upstream(self.target))
-        self._upstream.add_done_callback(_quiet)
 
     async def upstream(self) -> asyncssh.SSHClientConnection:
-        assert self._upstream is not None
+        """The gateway's connection to the target, opened by the first channel that needs it (by
+        then the client has asked for agent forwarding, if it does)."""
+        if self._upstream is None:
+            agent_path = self.conn.get_agent_path()
+            if agent_path is not None and not self._forward_decision("agent", record=True).allowed:
+                agent_path = None
+            self._upstream = asyncio.get_running_loop().create_task(
+                connect_upstream(self.target, agent_path=agent_path))
+            self._upstream.add_done_callback(_quiet)
         return await asyncio.shield(self._upstream)
 
     async def home(self) -> str:
@@ -325,26 +333,52 @@ class SshConnection(asyncssh.SSHServer):
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
         self._channel_limit()
         what = f"local {dest_host}:{dest_port}"
-        forward = LocalForward(self, dest_host, dest_port, what)
+
+        async def to_destination(factory):
+            upstream = await self.upstream()
+            return await upstream.create_connection(factory, dest_host, dest_port)
+
+        tunnel = Tunnel(self, what, to_destination)
+        decision = self._forward_decision(what)
+        tunnel.record_decision(decision)
+
+        if not decision.allowed:
+            raise asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, decision.message)
+        self.channels.add(tunnel)
+        return tunnel
+
+    async def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        what = f"remote {listen_host}:{listen_port}"
+        decision = self._forward_decision(what, record=True)
+        if not decision.allowed:
+            return False
+
+        def accepted(orig_host: str, orig_port: int) -> Tunnel:
+            # a connection the target accepted on the forwarded port, carried back to the client
+            async def to_client(factory):
+                self._channel_limit()
+                return await self.conn.create_connection(factory, listen_host, listen_port, orig_host, orig_port)
+
+            tunnel = Tunnel(self, f"{what} from {orig_host}:{orig_port}", to_client)
+            tunnel.record_decision(decision)
+            self.channels.add(tunnel)
+            return tunnel
+
+        try:
+            upstream = await self.upstream()
+            return await upstream.create_server(accepted, listen_host, listen_port)
+        except (UpstreamError, asyncssh.Error, OSError) as e:
+            log.info("ssh: %s: %s failed on the target: %s", self.client_addr, what, e)
+            return False
+
+    def _forward_decision(self, what: str, *, record: bool = False) -> Decision:
+        """The policy's word on a forwarding request; ``record``: as a recording of its own."""
         decision = self.policy.check(Command(protocol="ssh", target=self.target.name, kind="forward", text=what))
-        forward.record_decision(decision)
         if not decision.allowed:
             log.info("ssh: %s: %s refused: %s", self.client_addr, what, decision.message)
-            raise asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, decision.message)
-        self.channels.add(forward)
-        return forward
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        what = f"remote {listen_host}:{listen_port}"
-        decision = self.policy.check(Command(protocol="ssh", target=self.target.name, kind="forward", text=what))
-        LocalForward(self, listen_host, listen_port, what).record_decision(decision, end=True)
-        if decision.allowed:
-            # a rule allows it, but this version cannot carry remote forwards: say so rather than pretend
-            log.warning("ssh: %s: %s allowed by rule %s, but remote forwarding is not supported yet",
-                        self.client_addr, what, decision.rule)
-        else:
-            log.info("ssh: %s: %s refused: %s", self.client_addr, what, decision.message)
-        return False
+        if record:
+            Tunnel(self, what).record_decision(decision, end=True)
+        return decision
 
 
 def _quiet(task: asyncio.Task) -> None:

@@ -45,7 +45,8 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from typing import Literal, Union
+from collections.abc import Callable
+from typing import Literal, NoReturn, Union
 
 import msgspec
 
@@ -82,7 +83,7 @@ _RSYNC_LONG = frozenset({
     "--ignore-errors", "--safe-links", "--munge-links", "--bwlimit", "--fake-super", "--super",
     "--stop-after", "--stop-at", "--block-size", "--protocol", "--write-devices", "--copy-devices",
     "--copy-unsafe-links", "--no-implied-dirs", "--omit-link-times", "--omit-dir-times",
-    "--existing", "--update", "--list-only", "--sparse", "--max-alloc", "--info", "--debug",
+    "--update", "--list-only", "--sparse", "--max-alloc", "--info", "--debug",
     "--msgs2stderr", "--stderr", "--no-msgs2stderr",
 })
 _RSYNC_DELETES = frozenset({"--delete", "--delete-before", "--delete-during", "--delete-delay",
@@ -90,7 +91,7 @@ _RSYNC_DELETES = frozenset({"--delete", "--delete-before", "--delete-during", "-
 _CAPS = re.compile(r"[.A-Za-z0-9]*")
 
 # characters a POSIX shell treats specially outside quotes (expansion, splitting, operators)
-_UNQUOTED_SPECIAL = frozenset(";&|<>()`$*?[]{}#!\"'\\~")
+_UNQUOTED_SPECIAL = frozenset(";&|<>()`$*?[]{}#!")
 _DQ_SPECIAL = frozenset("$`")
 
 
@@ -167,6 +168,8 @@ def _shell_safe(command: str) -> bool:
             word_start = True
             i += 1
             continue
+        if word_start and c in "'\"\\" and command[i + 1 : i + 2] == "~":
+            return False  # a quoted "~" at a word's start is a file named "~", which shlex cannot tell
         if c == "'":
             state = "single"
         elif c == '"':
@@ -394,7 +397,7 @@ class ScpStream:
     target (when it is a directory; a single file to a non-directory target lands on the
     target itself, which ``classify`` already reports). For a download, the directory of
     the ``scp -f`` path. Event paths are ``target/dir/.../name`` (``dir/.../name`` when
-    ``target`` is empty).
+    ``target`` is empty), joined as given: policy texts go through ``normalize_path``.
 
     Any protocol violation raises ``ScpError``, and so does every later call.
     """
@@ -453,7 +456,7 @@ class ScpStream:
         self._fed += len(data)
         if self._state == "finished":
             if data:
-                return self._fail("source sent data after the transfer ended")
+                self._fail("source sent data after the transfer ended")
             return []
         self._buf += data
         return self._guard(self._run)
@@ -492,11 +495,11 @@ class ScpStream:
         if self._failed is not None:
             raise ScpError(f"scp stream already failed: {self._failed}")
 
-    def _fail(self, why: str) -> list[ScpEvent]:
+    def _fail(self, why: str) -> NoReturn:
         self._failed = ScpError(why)
         raise self._failed
 
-    def _guard(self, fn) -> list[ScpEvent]:  # noqa: ANN001 - a zero-argument closure
+    def _guard(self, fn: Callable[[], list[ScpEvent]]) -> list[ScpEvent]:
         try:
             return fn()
         except ScpError as e:
@@ -524,7 +527,8 @@ class ScpStream:
             if self._state == "status" and buf[i] not in (0, 1, 2):
                 self._fail(f"bad scp status byte {bytes(buf[i:i + 1])!r} after file data")
             if self._state == "status" and buf[i] == 0:
-                path, size, start = self._file  # type: ignore[misc]
+                assert self._file is not None  # status only follows a file
+                path, size, start = self._file
                 self._last_done_path = path
                 events.append(ScpDone(path=path, bytes=size, start=start, end=pos + 1))
                 self._file = None
@@ -555,7 +559,8 @@ class ScpStream:
         if self._state == "status":
             if kind not in (b"\x01", b"\x02"):
                 self._fail(f"bad scp status byte {line[:1]!r} after file data")
-            path, size, dstart = self._file  # type: ignore[misc]
+            assert self._file is not None
+            path, size, dstart = self._file
             self._file = None
             self._last_done_path = path
             msg = ScpMessage(text=line[1:].decode("utf-8", "replace"), fatal=kind == b"\x02", start=start, end=end)
@@ -577,7 +582,7 @@ class ScpStream:
             m = _T_LINE.fullmatch(line)
             if m is None or self._times is not None:
                 self._fail(f"bad scp T record {line[:80]!r}")
-            mtime, mus, atime, aus = (int(g) for g in m.groups())  # type: ignore[union-attr]
+            mtime, mus, atime, aus = (int(g) for g in m.groups())
             if mus > 999999 or aus > 999999:
                 self._fail(f"bad scp T record {line[:80]!r}")
             self._times = (mtime, atime)
@@ -595,7 +600,7 @@ class ScpStream:
         m = _CD_LINE.fullmatch(line)
         if m is None:
             self._fail(f"bad scp control record {line[:80]!r}")
-        letter, mode_s, size_s, raw = m.groups()  # type: ignore[union-attr]
+        letter, mode_s, size_s, raw = m.groups()
         name = _name(raw)
         mode, size = int(mode_s, 8), int(size_s)
         mtime, atime = self._times if self._times is not None else (None, None)
@@ -649,15 +654,15 @@ class ScpStream:
         if not ok:
             path: str | None = None
             if what == "file":
-                path = self._file[0] if self._file else None  # type: ignore[index]
+                path = self._file[0] if self._file else None
             elif what == "dir":
                 path = self._dir_path(self._pending_dir or "")
             elif what == "data":
                 path = self._last_done_path
-            events.append(ScpRejected(what=what, path=path, text=text, fatal=code == 2))  # type: ignore[arg-type]
+            events.append(ScpRejected(what=what, path=path, text=text, fatal=code == 2))
         if what == "dir":
-            if ok:
-                self._stack.append(self._pending_dir)  # type: ignore[arg-type]
+            if ok and self._pending_dir is not None:
+                self._stack.append(self._pending_dir)
             self._pending_dir = None
         elif what == "file":
             if ok:

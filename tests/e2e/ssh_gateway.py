@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from tests.e2e.gateway_process import GatewayProcess
-from tests.e2e.sshd import ThrowawaySshd, other_host_key_line
+from gateway.sshserver import ThrowawaySshd, other_host_key_line
 
 SECRET_EMAIL = "carol.secret@example.com"
 SECRET_AWS = "AKIAIOSFODNN7EXAMPLE"
@@ -31,7 +31,7 @@ class SshGateway:
     """``gw`` (a GatewayProcess with listen.ssh) and everything tests need to reach it."""
 
     def __init__(self, workdir: Path, sshd: ThrowawaySshd, *, rules: list[dict] | None = None,
-                 policy_default: str = "allow", extra: dict | None = None):
+                 policy_default: str = "allow", extra: dict | None = None, identity: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.sshd = sshd
         self.alice = Caller(workdir, "alice")
@@ -43,13 +43,14 @@ class SshGateway:
         targets = [
             {"name": "web", "allow_groups": ["sre"], **common},
             {"name": "masked", "allow_groups": ["sre"], **common},
+            {"name": "relay", "allow_groups": ["sre"], **common},
             {"name": "pinned-wrong", "allow_groups": ["sre"], **common, "known_hosts": str(bad_known_hosts)},
         ]
         self.gw = GatewayProcess(
             workdir / "gateway", targets=targets, rules=rules, policy_default=policy_default, ssh=True,
             users=[{"name": "alice", "groups": ["sre"], "ssh_keys": [self.alice.public_line]},
                    {"name": "bob", "groups": ["web"], "ssh_keys": [self.bob.public_line]}],
-            extra=extra)
+            extra=extra, identity=identity)
         self.known_hosts = workdir / "gateway_known_hosts"
 
     def start(self) -> "SshGateway":

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.pgserver import free_port
 from tests.e2e.ssh_gateway import SECRET_AWS, SECRET_EMAIL, SshGateway
-from tests.e2e.sshd import start_sshd
+from gateway.sshserver import start_sshd
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,10 @@ def g(sshd, protected, tmp_path_factory):
         {"name": "no-rm", "match": {"command": ["rm -rf *", "re:^shutdown\\b"]}, "action": "deny"},
         {"name": "protected-files", "match": {"file": [f"write {protected}/*", f"remove {protected}/*"]},
          "action": "deny"},
+        {"name": "no-secret-reads", "match": {"file": ["read */secret.txt"]}, "action": "deny"},
         {"name": "sshd-port", "match": {"forward": [f"local 127.0.0.1:{sshd.port}"]}, "action": "allow"},
+        {"name": "relay-forwards", "targets": ["relay"], "match": {"forward": ["agent", "remote 127.0.0.1:*"]},
+         "action": "allow"},
         {"name": "mask-secrets", "targets": ["masked"], "action": "mask", "detectors": ["email", "aws_key"]},
     ]
     gateway = SshGateway(tmp_path_factory.mktemp("sshgw"), sshd, rules=rules).start()
@@ -370,6 +373,29 @@ def test_legacy_scp_into_protected_path_refused(g, protected, tmp_path):
     assert not (protected / "x.txt").exists()
 
 
+def test_legacy_scp_recursive_upload_checks_each_file(g, sshd, protected, tmp_path):
+    tree = tmp_path / "protected"  # lands as ROOT/protected/...: the protected directory
+    tree.mkdir()
+    (tree / "evil.txt").write_text("evil\n")
+    res = subprocess.run(["scp", "-O", "-r", *g.options(), str(tree), f"web@127.0.0.1:{sshd.root_dir}"],
+                         capture_output=True, timeout=60)
+    assert res.returncode != 0
+    assert b'blocked by rule "protected-files"' in res.stderr
+    assert not (protected / "evil.txt").exists()
+
+
+def test_legacy_scp_recursive_download_checks_each_file(g, sshd, tmp_path):
+    remote = sshd.root_dir / "mixed"
+    remote.mkdir(exist_ok=True)
+    (remote / "secret.txt").write_text("top secret\n")
+    (remote / "other.txt").write_text("fine\n")
+    res = subprocess.run(["scp", "-O", "-r", *g.options(), f"web@127.0.0.1:{remote}", str(tmp_path / "got")],
+                         capture_output=True, timeout=60)
+    assert b'blocked by rule "no-secret-reads"' in res.stderr
+    assert (tmp_path / "got" / "other.txt").read_text() == "fine\n"
+    assert not (tmp_path / "got" / "secret.txt").exists()
+
+
 def test_rsync_round_trip(g, sshd, tmp_path):
     if not shutil.which("rsync"):
         pytest.fail("rsync is not installed (apt-get install rsync)")
@@ -413,6 +439,48 @@ def test_remote_forward_refused(g):
             with pytest.raises(asyncssh.ChannelListenError):
                 await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
     run(go())
+
+
+def test_remote_forward_allowed_by_rule(g):
+    async def echo(reader, writer):
+        writer.write(b"echo:" + await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        local_port = server.sockets[0].getsockname()[1]
+        async with g.connect("relay") as conn:
+            listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", local_port)
+            # the forwarded port listens on the target (this machine): connect there
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.get_port())
+            writer.write(b"ping")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(100), 10)
+            writer.close()
+            listener.close()
+        server.close()
+        return answer
+    assert run(go()) == b"echo:ping"
+
+
+def test_agent_forwarding_only_where_a_rule_allows_it(g, tmp_path):
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(sock.exists)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(g.alice.key_path)], env=env, check=True, capture_output=True)
+        args = ["ssh", *g.options(), "-o", "ForwardAgent=yes"]
+        allowed = subprocess.run([*args, "relay@127.0.0.1", "ssh-add -l"], env=env, capture_output=True, timeout=60)
+        refused = subprocess.run([*args, "web@127.0.0.1", "ssh-add -l"], env=env, capture_output=True, timeout=60)
+    finally:
+        agent.kill()
+        agent.wait()
+    assert allowed.returncode == 0, allowed.stderr
+    assert b"alice" in allowed.stdout
+    assert refused.returncode == 2
+    assert b"Could not open a connection to your authentication agent" in refused.stderr
 
 
 def test_openssh_local_forward_refused(g):

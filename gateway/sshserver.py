@@ -1,4 +1,4 @@
-"""A throwaway OpenSSH server for end-to-end tests of wiregate's SSH gateway.
+"""A throwaway OpenSSH server: the SSH target of `wiregate demo`, the benchmarks and the end-to-end tests.
 
     with ThrowawaySshd(base_dir=tmp_path) as sshd:
         subprocess.run(["ssh", *sshd.ssh_args(), "echo hi"], check=True)
