@@ -1,7 +1,10 @@
-"""Side-by-side PostgreSQL benchmark: direct vs PgBouncer vs wiregate.
+"""Side-by-side benchmarks: PostgreSQL direct vs PgBouncer vs wiregate, SSH direct vs wiregate.
 
     python -m benchmarks.run            # full: 3 rounds, 10 s per pgbench run, pgbench scale 10
     python -m benchmarks.run --short    # CI: 1 round, 2 s per pgbench run, scale 2
+
+The SSH part (``benchmarks/ssh.py``, its own docstring says what it measures)
+runs after PostgreSQL and its proxies are stopped, so they do not share the CPUs.
 
 One run starts a throwaway PostgreSQL (scram-sha-256), PgBouncer in session
 mode in front of it, and four ``wiregate serve`` processes in front of it:
@@ -18,8 +21,9 @@ noise hits all systems alike:
 * in-process: the cost of a cached and of an uncached policy check
 
 Results go to ``benchmarks/results/<UTC timestamp>.md`` and ``.json`` and to
-``latest.md`` / ``latest.json``. Exit status 1 when a system could not be
-measured (its column then says why).
+``latest.md`` / ``latest.json`` (the SSH figures in their "SSH" section and
+``ssh`` key). Exit status 1 when a system could not be measured (its column then
+says why).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ssh import SshReport, render_ssh_markdown, run_ssh_benchmark
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import ThrowawayPostgres, free_port, log_tail
@@ -415,7 +420,8 @@ def _git_describe() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--short", action="store_true", help="CI mode: 1 round, 2 s per pgbench run, scale 2")
+    ap.add_argument("--short", action="store_true",
+                    help="CI mode: 1 round, 2 s per pgbench run, scale 2; SSH: fewer runs, a 16 MiB scp file")
     ap.add_argument("--rounds", type=int, help="rounds (default 3, short 1)")
     ap.add_argument("--seconds", type=int, help="seconds per pgbench run (default 10, short 2)")
     ap.add_argument("--scale", type=int, help="pgbench scale factor (default 10, short 2; at least 2)")
@@ -538,6 +544,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        ssh_report: SshReport = run_ssh_benchmark(short=args.short, say=say)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     summary = summarize(samples)
     summary["policy_check_us"] = check_costs
     summary["recording"] = recording_stats
@@ -551,17 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         "large_bytes": large_bytes, "large_rows": large_rows,
         "duration_s": round(time.monotonic() - t_start, 1),
     }
-    md = render_markdown(meta, summary, errors)
+    md = render_markdown(meta, summary, errors) + "\n" + "\n".join(render_ssh_markdown(ssh_report)) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    data = {"meta": meta, "summary": summary, "samples": samples, "errors": errors}
+    data = {"meta": meta, "summary": summary, "samples": samples, "errors": errors, "ssh": ssh_report.to_json()}
     for name in (f"{stamp}.json", "latest.json"):
         (args.out / name).write_text(json.dumps(data, indent=2) + "\n")
     for name in (f"{stamp}.md", "latest.md"):
         (args.out / name).write_text(md)
     print(md)
     say(f"done; wrote {args.out / (stamp + '.md')} and .json")
-    return 1 if errors else 0
+    return 1 if errors or ssh_report.errors else 0
 
 
 if __name__ == "__main__":

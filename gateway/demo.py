@@ -32,6 +32,42 @@ DEMO_PASSWORD_ENV = "WIREGATE_DEMO_DB_PASSWORD"
 DEMO_CUSTOMERS = 200
 DEMO_TOKEN_TTL = 8 * 3600
 DESTRUCTIVE_SQL = ["DROP", "TRUNCATE", "ALTER ROLE", "CREATE ROLE", "GRANT"]
+DEMO_SSH_TARGET = "demo-ssh"
+DEMO_SSH_PORT = 2222
+# a file on the SSH target with fake secrets, to show output masking
+DEMO_ENV_TEXT = ("APP_ADMIN_EMAIL=ops.lead@example.com\nAWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n"
+                 "PAYMENT_TEST_CARD=4111 1111 1111 1111\nLOG_LEVEL=info\n")
+
+
+class DemoSsh:
+    """The demo's SSH side: a throwaway sshd, the caller's key, the gateway's SSH port."""
+
+    def __init__(self, tmp: Path, port: int):
+        import asyncssh
+
+        from gateway.sshserver import ThrowawaySshd
+
+        self.sshd = ThrowawaySshd(base_dir=tmp / "sshd").start()
+        self.port = port
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=DEMO_USER)
+        self.key_path = tmp / "demo_ed25519"
+        self.key_path.write_bytes(key.export_private_key())
+        self.key_path.chmod(0o600)
+        self.public_key = key.export_public_key().decode().strip()
+        self.known_hosts = tmp / "gateway_known_hosts"
+        self.env_file = self.sshd.root_dir / "app.env"
+        self.env_file.write_text(DEMO_ENV_TEXT)
+
+    def pin_gateway(self, state_dir: Path) -> None:
+        kind, blob = (state_dir / "keys" / "ssh_host_ed25519.pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
+
+    def command(self) -> str:
+        return (f"ssh -p {self.port} -i {self.key_path} -o IdentitiesOnly=yes "
+                f"-o UserKnownHostsFile={self.known_hosts} {DEMO_SSH_TARGET}@127.0.0.1")
+
+    def stop(self) -> None:
+        self.sshd.stop()
 
 
 # --------------------------------------------------------------------------- config rendering
@@ -140,14 +176,31 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
 # --------------------------------------------------------------------------- demo
 
 
-def demo_config(*, state_dir: Path, port: int, pg_port: int) -> str:
+def demo_config(*, state_dir: Path, port: int, pg_port: int, ssh: "DemoSsh | None" = None) -> str:
+    listen = {"postgres": f"127.0.0.1:{port}"}
+    ssh_targets: list[dict[str, Any]] = []
+    ssh_rules: list[dict[str, Any]] = []
+    users: list[dict[str, Any]] = []
+    if ssh is not None:
+        listen["ssh"] = f"127.0.0.1:{ssh.port}"
+        ssh_targets.append({"name": DEMO_SSH_TARGET, "protocol": "ssh", "address": f"127.0.0.1:{ssh.sshd.port}",
+                            "user": "root", "key_file": str(ssh.sshd.client_key),
+                            "known_hosts": str(ssh.sshd.known_hosts), "allow_groups": [DEMO_GROUP]})
+        ssh_rules = [{"name": "no-destructive-commands", "targets": [DEMO_SSH_TARGET],
+                      "match": {"command": ["rm -rf *", "shutdown*", "reboot*"]}, "action": "deny"},
+                     {"name": "no-system-writes", "targets": [DEMO_SSH_TARGET],
+                      "match": {"file": ["write /etc/*", "remove /etc/*"]}, "action": "deny"},
+                     {"name": "mask-secrets", "targets": [DEMO_SSH_TARGET], "action": "mask",
+                      "detectors": ["aws_key", "private_key", "jwt", "bearer_token"], "style": "redact"}]
+        users.append({"name": DEMO_USER, "groups": [DEMO_GROUP], "ssh_keys": [ssh.public_key]})
     return render_config(
         {
             "gateway": {"state_dir": str(state_dir)},
-            "listen": {"postgres": f"127.0.0.1:{port}"},
+            "listen": listen,
             "identity": {"dev_tokens": True},
         },
         {
+            **({"identity.users": users} if users else {}),
             "targets": [{
                 "name": DEMO_TARGET,
                 "protocol": "postgres",
@@ -157,8 +210,8 @@ def demo_config(*, state_dir: Path, port: int, pg_port: int) -> str:
                 "password_env": DEMO_PASSWORD_ENV,
                 "tls": "prefer",
                 "allow_groups": [DEMO_GROUP],
-            }],
-            "rules": [{
+            }, *ssh_targets],
+            "rules": [*ssh_rules, {
                 "name": "no-destructive-sql",
                 "match": {"sql": DESTRUCTIVE_SQL},
                 "action": "deny",
@@ -228,6 +281,7 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="wiregate-demo-"))
     tmp.chmod(0o711)  # the server's user (nobody, when we are root) must reach its dir inside
     pg: ThrowawayPostgres | None = None
+    ssh: DemoSsh | None = None
     gw: subprocess.Popen | None = None
     status = 0
     try:
@@ -238,8 +292,10 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
         pg.create_database("app", owner="app")
         pg.psql(customers_sql(DEMO_CUSTOMERS, owner="app"), dbname="app")
 
+        ssh, ssh_note = _start_ssh(tmp, port)
+
         config_path = tmp / "wiregate.toml"
-        config_path.write_text(demo_config(state_dir=tmp / "state", port=port, pg_port=pg.port))
+        config_path.write_text(demo_config(state_dir=tmp / "state", port=port, pg_port=pg.port, ssh=ssh))
 
         from gateway.config import load_config
         from gateway.identity import issue_dev_token
@@ -252,10 +308,13 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
         log_path.touch()
         gw = start_gateway(config_path, log_path, env={DEMO_PASSWORD_ENV: app_password})
         wait_listening(gw, "127.0.0.1", port, log_path, timeout=15)
+        if ssh is not None:
+            wait_listening(gw, "127.0.0.1", ssh.port, log_path, timeout=15)
+            ssh.pin_gateway(tmp / "state")
 
         url = f"postgresql://{DEMO_USER}:{quote(token, safe='')}@127.0.0.1:{port}/{DEMO_TARGET}?sslmode=require"
-        print(_banner(pg=pg, port=port, tmp=tmp, config_path=config_path, log_path=log_path, url=url, keep=keep),
-              flush=True)
+        print(_banner(pg=pg, port=port, tmp=tmp, config_path=config_path, log_path=log_path, url=url, keep=keep,
+                      ssh=ssh, ssh_note=ssh_note), flush=True)
 
         time.sleep(0.3)  # let the gateway log our readiness probe before echoing its log
         echo = _LogEcho(log_path, "gateway | ")
@@ -276,6 +335,8 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             stop_process(gw)
+            if ssh is not None:
+                ssh.stop()
             if pg is not None:
                 pg.stop()
             if keep:
@@ -290,7 +351,47 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
     return status
 
 
-def _banner(*, pg: Any, port: int, tmp: Path, config_path: Path, log_path: Path, url: str, keep: bool) -> str:
+def _start_ssh(tmp: Path, port: int) -> tuple[DemoSsh | None, str]:
+    """The SSH side of the demo where Debian's sshd is installed and we may run it (as root)."""
+    from gateway.sshserver import SSHD, SshdError
+
+    if not os.access(SSHD, os.X_OK):
+        return None, f"no SSH target: {SSHD} is not installed (apt-get install openssh-server)"
+    if os.geteuid() != 0:
+        return None, "no SSH target: the throwaway sshd must run as root"
+    ssh_port = DEMO_SSH_PORT if port_is_free(DEMO_SSH_PORT) else _free_port()
+    print("wiregate demo: starting a throwaway sshd ...", file=sys.stderr, flush=True)
+    try:
+        return DemoSsh(tmp, ssh_port), ""
+    except SshdError as e:
+        return None, f"no SSH target: {e}"
+
+
+def _free_port() -> int:
+    from gateway.pgserver import free_port
+
+    return free_port()
+
+
+def _ssh_banner(ssh: DemoSsh | None, note: str) -> str:
+    if ssh is None:
+        return f"\n({note})\n" if note else ""
+    return f"""
+SSH through the gateway (your key is {ssh.key_path}; target "{DEMO_SSH_TARGET}" is a throwaway sshd):
+
+  {ssh.command()}
+
+Then try:
+
+  cat {ssh.env_file}          # the email, AWS key and card are masked
+  rm -rf /tmp/anything         # blocked by rule "no-destructive-commands"
+  scp -P {ssh.port} -i {ssh.key_path} -o UserKnownHostsFile={ssh.known_hosts} /etc/hostname {DEMO_SSH_TARGET}@127.0.0.1:/etc/x
+                               # blocked by rule "no-system-writes"
+"""
+
+
+def _banner(*, pg: Any, port: int, tmp: Path, config_path: Path, log_path: Path, url: str, keep: bool,
+            ssh: DemoSsh | None = None, ssh_note: str = "") -> str:
     version = pg.bindir.parent.name if pg.bindir is not None else "?"
     ends = f"{tmp} is kept" if keep else f"{tmp} is removed"
     return f"""
@@ -310,7 +411,7 @@ Then try:
   SELECT * FROM customers LIMIT 5;            -- ssn and card masked, emails and phones redacted
   SELECT upper(ssn), note FROM customers;      -- masked through expressions, and inside free text
   DROP TABLE customers;                        -- blocked by rule "no-destructive-sql"
-
+{_ssh_banner(ssh, ssh_note)}
 Every session is recorded; after you disconnect, in another terminal:
 
   wiregate sessions list -c {config_path}

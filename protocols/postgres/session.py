@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.errors import WiregateError
+from gateway.errors import WiregateError, raised_at
 from gateway.identity import AuthError, groups_match
 from protocols.postgres import codec
 from protocols.postgres.codec import F_FUNCTION_CALL, I32, P_PARSE, Q_QUERY, ProtocolViolation
@@ -259,10 +259,7 @@ class PostgresSession:
 
     def internal_error(self, exc: Exception) -> None:
         # the exception's text may quote row data: log only its type and where it was raised
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        where = raised_at(exc)
         log.error("session %s: internal error %s at %s; the session is closed", self.client_addr,
                   type(exc).__name__, where)
         self._end_reason = "internal error"

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.constants import EXTENDED_DATA_STDERR
 
+from gateway.errors import raised_at
 from policy.model import Command, Decision
 from protocols.ssh import transfer
-from protocols.ssh.scprelay import ScpRelay
-from protocols.ssh.transfer import ScpDone, ScpError, ScpStream, normalize_path
 from protocols.ssh.outmask import StreamMasker
+from protocols.ssh.scprelay import ScpRelay
 from protocols.ssh.sftp import SftpError, SftpInspector
 from protocols.ssh.terminal import Enter, LineTracker
+from protocols.ssh.transfer import ScpDone, ScpError, ScpStream, normalize_path
 from protocols.ssh.upstream import UpstreamError
 from recorder import events as rec
 from recorder.capture import new_session_id, recorded_text
@@ -200,10 +201,7 @@ class SessionChannel(asyncssh.SSHServerSession):
 
     def internal_error(self, exc: BaseException) -> None:
         """Log where a bug struck (never the data) and end the channel, fail closed."""
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        where = raised_at(exc)
         log.error("ssh session %s: internal error %s at %s; closing the channel", self.session_id,
                   type(exc).__name__, where)
         self.end_reason = f"internal error ({type(exc).__name__})"

@@ -24,6 +24,7 @@ import asyncssh
 from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
 
 from gateway.config import parse_duration
+from gateway.errors import raised_at
 from gateway.identity import AuthError, Identity, groups_match
 from gateway.keys import install_private_file
 from policy.model import Command, Decision
@@ -170,12 +171,8 @@ class SshConnection(asyncssh.SSHServer):
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             # a bug must not leave the connection hanging: log where, never the data, and close
-            tb = exc.__traceback__
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
             log.error("ssh: %s: internal error %s at %s; closing the connection", self.client_addr,
-                      type(exc).__name__, where)
+                      type(exc).__name__, raised_at(exc))
             self.close()
 
     # ---- authentication -----------------------------------------------------------------

@@ -151,6 +151,7 @@ def test_demo_config_is_valid(tmp_path):
 
     path = tmp_path / "wiregate.toml"
     path.write_text(demo_config(state_dir=tmp_path / "state", port=15432, pg_port=5432))
+    assert "[listen]" in path.read_text() and "ssh =" not in path.read_text()
     cfg = load_config(path)
     assert cfg.listen.postgres == "127.0.0.1:15432"
     assert cfg.identity.dev_tokens
@@ -192,6 +193,17 @@ def test_demo_end_to_end(tmp_path):
         blocked = subprocess.run(["psql", url, "-XAtc", "DROP TABLE customers"], capture_output=True, text=True,
                                  timeout=30)
         assert blocked.returncode != 0 and 'blocked by rule "no-destructive-sql"' in blocked.stderr
+        # the SSH target: the banner's ssh command works as printed
+        ssh_cmd = re.search(r"^  (ssh -p \d+ .*demo-ssh@127\.0\.0\.1)$", out.read_text(), re.M)
+        assert ssh_cmd, out.read_text()
+        env_file = re.search(r"^  cat (\S+)", out.read_text(), re.M).group(1)
+        base = ssh_cmd.group(1).split() + ["-o", "BatchMode=yes"]
+        shown = subprocess.run([*base, f"cat {env_file}"], capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert "LOG_LEVEL=info" in shown.stdout and "AKIAIOSFODNN7EXAMPLE" not in shown.stdout
+        assert "ops.lead@example.com" not in shown.stdout
+        refused = subprocess.run([*base, "rm -rf /tmp/nothing"], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 126 and 'blocked by rule "no-destructive-commands"' in refused.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, err.read_text()
         assert not os.path.exists(tmpdir)
