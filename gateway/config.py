@@ -355,7 +355,7 @@ def config_warnings(cfg: Config) -> list[str]:
         warnings.append("identity: nobody can authenticate: dev_tokens = false, "
                         "no [[identity.oidc]] provider and no [[identity.users]]")
     for i, user in enumerate(ident.users):
-        if not user.token_sha256 and not user.ssh_keys:
+        if not user.token_sha256 and not user.ssh_keys and not ident.ssh_ca_keys:
             warnings.append(f"identity.users[{i}]: {user.name!r} has neither token_sha256 nor ssh_keys: it cannot log in")
     for i, t in enumerate(cfg.targets):
         p = f"targets[{i}]"
@@ -789,6 +789,9 @@ def _check_identity(raw: dict[str, Any], errors: list[str]) -> None:
             # never echo the value: it may be the token itself pasted by mistake
             errors.append(f"{p}.token_sha256: must be 64 hex characters, the sha256 of the token "
                           f"(printf %s TOKEN | sha256sum), got {len(user.token_sha256)} characters")
+        if (user.ssh_keys or raw.get("ssh_ca_keys")) and re.search(r'[",\s\\]', user.name):
+            errors.append(f"{p}.name: {_show(user.name)} cannot log in with SSH keys or certificates: "
+                          "a name used over SSH has no quote, comma, space or backslash")
         for j, key in enumerate(user.ssh_keys):
             problem = _ssh_key_problem(key)
             if problem:

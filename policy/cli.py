@@ -76,7 +76,7 @@ def policy_test(
         kind, text = next((k, v) for k, v in (("exec", command), ("tool", tool), ("file", file),
                                                ("forward", forward)) if v is not None)
         decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
-        print(_line(decision, state="", default=engine.default), file=out)
+        print(_line(decision, state="forward" if kind == "forward" else "", default=engine.default), file=out)
 
     if not GlobSet(spec.allow_groups).matches_any(groups):
         # rules decide commands; whether the session opens at all is the target's allow_groups
@@ -97,6 +97,8 @@ def _line(decision: Decision, *, state: str, default: str) -> str:
         who = "(statement does not parse; refused)" if decision.action == "deny" else "(statement does not parse; no rule here inspects SQL)"
     elif state == "empty":
         who = "(empty statement: nothing to run)"
+    elif state == "forward":
+        who = "(no rule allows it: forwarding is refused whatever the default)"
     else:
         who = f"(no rule matched; policy default {default})"
     return f"{decision.action}  {who}  {decision.message}".rstrip()

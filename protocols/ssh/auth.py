@@ -19,11 +19,17 @@ from collections.abc import Sequence
 
 import asyncssh
 
-from gateway.config import Config, UserAccount
-from gateway.identity import Identity
+from gateway.config import Config, Target, UserAccount
+from gateway.identity import Identity, groups_match
 
 # names usable inside an authorized_keys option value without quoting trouble
 _PRINCIPAL_SAFE = re.compile(r'[^",\s\\]+')
+
+
+def usable_in_keys(name: str) -> bool:
+    """Whether an identity name can carry SSH keys and certificates (no quote, comma, space or
+    backslash: it is written into an authorized-keys option)."""
+    return _PRINCIPAL_SAFE.fullmatch(name) is not None
 IDENTITY_OPTION = "wiregate-user"
 
 
@@ -40,36 +46,53 @@ def key_identity(user: UserAccount, method: str = "ssh-key") -> Identity:
 
 
 class KeyIndex:
-    """The public keys listed for identities (``identity.users[].ssh_keys``) and the CA keys."""
+    """The public keys listed for identities (``identity.users[].ssh_keys``) and the CA keys, as
+    asyncssh authorized-keys entries.
+
+    Every entry carries the identity it proves in a private ``wiregate-user`` option, and a
+    connection is given only the entries of identities that may use its target under the name
+    it claims (``authorized``): whatever key or certificate asyncssh accepts then proves an
+    eligible identity, named by the entry that matched (``matched``), with no state of the
+    gateway's own carried between attempts.
+    """
 
     def __init__(self, cfg: Config):
         self._by_key: dict[bytes, UserAccount] = {}
+        self._users = {u.name: u for u in cfg.identity.users}
+        self._lines: dict[str, list[str]] = {}
+        cas = [ca.split()[:2] for ca in cfg.identity.ssh_ca_keys]
         for user in cfg.identity.users:
+            if not usable_in_keys(user.name):
+                continue  # `wiregate check` reports such names when they have keys or CAs exist
+            lines = self._lines.setdefault(user.name, [])
             for line in user.ssh_keys:
                 key = asyncssh.import_public_key(line)
                 self._by_key[key.public_data] = user
-        self._users = {u.name: u for u in cfg.identity.users}
-        lines = []
-        for ca in cfg.identity.ssh_ca_keys:
-            kind, blob = ca.split()[:2]
-            for user in cfg.identity.users:
-                if _PRINCIPAL_SAFE.fullmatch(user.name):
-                    lines.append(f'cert-authority,principals="{user.name}",{IDENTITY_OPTION}="{user.name}" '
-                                 f"{kind} {blob}")
-        self.ca_lines: tuple[str, ...] = tuple(lines)
+                kind, blob = line.split()[:2]
+                lines.append(f'{IDENTITY_OPTION}="{user.name}" {kind} {blob}')
+            for kind, blob in cas:
+                lines.append(f'cert-authority,principals="{user.name}",{IDENTITY_OPTION}="{user.name}" {kind} {blob}')
+        self._cache: dict[tuple[str, str | None], asyncssh.SSHAuthorizedKeys | None] = {}
 
     def owner(self, key: asyncssh.SSHKey) -> UserAccount | None:
         return self._by_key.get(key.public_data)
 
-    def authorized_cas(self) -> asyncssh.SSHAuthorizedKeys | None:
-        """The CA entries for asyncssh, or None when no CA is configured."""
-        return asyncssh.import_authorized_keys("\n".join(self.ca_lines) + "\n") if self.ca_lines else None
+    def authorized(self, target: Target, claimed: str | None) -> asyncssh.SSHAuthorizedKeys | None:
+        """The entries of the identities allowed on ``target`` (and named ``claimed``, if given)."""
+        cache_key = (target.name, claimed)
+        if cache_key not in self._cache:
+            lines = [line for name, entries in self._lines.items()
+                     if (claimed is None or claimed == name)
+                     and groups_match(self._users[name].groups, target.allow_groups)
+                     for line in entries]
+            self._cache[cache_key] = asyncssh.import_authorized_keys("\n".join(lines) + "\n") if lines else None
+        return self._cache[cache_key]
 
-    def certificate_identity(self, option: object) -> Identity | None:
-        """The identity a certificate proved, from the matched entry's ``wiregate-user`` option."""
+    def matched(self, option: object, *, certificate: bool) -> Identity | None:
+        """The identity the accepted entry names (its ``wiregate-user`` option)."""
         names: Sequence[str] = option if isinstance(option, (list, tuple)) else ()
         for name in names:
             user = self._users.get(name)
             if user is not None:
-                return key_identity(user, "ssh-cert")
+                return key_identity(user, "ssh-cert" if certificate else "ssh-key")
         return None

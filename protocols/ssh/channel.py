@@ -159,7 +159,7 @@ class SessionChannel(asyncssh.SSHServerSession):
             try:
                 self.sftp = SftpInspector(cwd=await self.owner.home())
             except UpstreamError as e:
-                self._fail(str(e))
+                self._fail(str(e), e.__cause__)
                 return
             self.record_output = False
         if self.kind == "shell":
@@ -174,7 +174,7 @@ class SessionChannel(asyncssh.SSHServerSession):
                 request_pty=self.term is not None, term_type=term_type, term_size=term_size,
                 term_modes=term_modes, encoding=None)
         except UpstreamError as e:
-            self._fail(str(e))
+            self._fail(str(e), e.__cause__)
             return
         except (asyncssh.Error, OSError) as e:
             self._fail(f'wiregate: target "{self.owner.target.name}" refused the session: '
@@ -246,6 +246,13 @@ class SessionChannel(asyncssh.SSHServerSession):
         self.closed = True
         for timer in self._flush_timers.values():
             timer.cancel()
+        if self.sftp is not None:
+            # handles still open and requests never answered: recorded as failed operations
+            try:
+                for done in self.sftp.finish():
+                    self._record_transfer(done)
+            except SftpError:
+                pass
         if self.up is not None:
             self.up.close()
         self._end()
@@ -362,8 +369,16 @@ class SessionChannel(asyncssh.SSHServerSession):
                 decision = d
                 break
         if candidates:
-            self._record_command("exec", shown, decision)
+            decision = self._recorded_or_refused("exec", shown, decision)
         return decision
+
+    def _recorded_or_refused(self, kind: str, text: str, decision: Decision) -> Decision:
+        """Record a command; an allowed one that cannot be recorded is refused (fail closed)
+        unless ``on_record_failure = "continue"``."""
+        if self._record_command(kind, text, decision) or not decision.allowed \
+                or self.owner.listener.on_record_failure == "continue":
+            return decision
+        return Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
 
     def _sftp_from_client(self, data: bytes) -> None:
         insp = self.sftp
@@ -376,6 +391,8 @@ class SessionChannel(asyncssh.SSHServerSession):
                 op = req.op
                 if op is not None:
                     decision = self._decide_file(op.op, op.path, op.path2)
+                    if decision.allowed and req.reads and self.scans:
+                        decision = self._download_refused(op.path)
                     if not decision.allowed:
                         self._record_command("file", op.command, decision)
                         self.chan.write(insp.refuse(req, decision.message))
@@ -417,12 +434,17 @@ class SessionChannel(asyncssh.SSHServerSession):
     async def _decide_exec(self, command: str) -> bool:
         decision = self._decide("exec", command)
         self.transfer = transfer.classify(command)
+        if decision.allowed and self.transfer is None and transfer.looks_like_transfer(command) and \
+                (self.scans or any(r.file is not None for r in self.owner.policy.rules)):
+            decision = Decision(action="deny", message=(
+                "wiregate: this file transfer cannot be checked file by file (its paths use shell globs, "
+                "variables or ~user, or options the gateway does not read): name the files plainly"))
         if decision.allowed and self.transfer is not None:
             self.record_output = False
             try:
                 home = await self.owner.home()
             except UpstreamError as e:
-                self._fail(str(e))
+                self._fail(str(e), e.__cause__)
                 return False
             for op_text in self.transfer.ops:
                 op, _, path = op_text.partition(" ")
@@ -436,7 +458,7 @@ class SessionChannel(asyncssh.SSHServerSession):
                 base = _resolve(self.transfer.paths[0], home)
                 self.scp = ScpRelay(ScpStream(base if upload else posixpath.dirname(base)), upload=upload,
                                     decide=self._scp_decide, done=self._scp_done)
-        self._record_command("exec", command, decision)
+        decision = self._recorded_or_refused("exec", command, decision)
         if decision.allowed and self.recording is not None and self.recording.sync_required:
             if not await self.recording.synced() and self.owner.listener.on_record_failure == "refuse":
                 decision = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
@@ -561,8 +583,9 @@ class SessionChannel(asyncssh.SSHServerSession):
         """Show the caller a message of the gateway's own (and record it with the output)."""
         self._to_client(data, EXTENDED_DATA_STDERR if stderr and self.term is None else None)
 
-    def _fail(self, message: str) -> None:
-        log.warning("ssh session %s: %s", self.session_id, message)
+    def _fail(self, message: str, cause: BaseException | None = None) -> None:
+        # the caller sees `message`; the operator's log also gets the cause (file names and such)
+        log.warning("ssh session %s: %s%s", self.session_id, message, f" ({cause})" if cause is not None else "")
         self._tell(f"{message}\r\n".encode() if self.term is not None else f"{message}\n".encode(), stderr=True)
         self._finish_exit(GATEWAY_EXIT, reason=message.removeprefix("wiregate: "))
 
@@ -592,10 +615,14 @@ class SessionChannel(asyncssh.SSHServerSession):
         if self.recording is not None:
             self.recording.record(event)
 
-    def _record_command(self, kind: str, text: str, decision: Decision) -> None:
+    def _record_command(self, kind: str, text: str, decision: Decision) -> bool:
+        """False: a recording is on and the event could not be queued."""
         self.commands += 1
-        self._record(rec.Command(time=time.time(), kind=kind, text=recorded_text(text, self.scans),
-                                 decision=decision.action, rule=decision.rule, message=decision.message))
+        if self.recording is None:
+            return True
+        return self.recording.record(rec.Command(
+            time=time.time(), kind=kind, text=recorded_text(text, self.scans), decision=decision.action,
+            rule=decision.rule, message=decision.message))
 
     def _record_result(self, tag: str) -> None:
         self._record(rec.Result(time=time.time(), tag=tag, rows=0, bytes=self.bytes_out,

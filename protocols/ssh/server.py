@@ -113,7 +113,8 @@ class SshConnection(asyncssh.SSHServer):
         self.identity: Identity | None = None
         self.policy: SessionPolicy | None = None
         self._claimed: str | None = None  # NAME of NAME@TARGET
-        self._candidate: Identity | None = None  # who the last successful check proved
+        self._target_name = ""
+        self._candidate: Identity | None = None  # who a successful token check proved
         self._failures = 0
         self._authenticated = False
         self._counted = False
@@ -180,14 +181,11 @@ class SshConnection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         name, target_name = parse_username(username)
         self._claimed = name
+        self._target_name = target_name
         self.target = self.listener.targets.get(target_name)
-        if self.target is None:
-            self._banner(f'wiregate: no SSH target named "{target_name}": connect as TARGET@gateway '
-                         "(with your key) or NAME@TARGET@gateway (with your token as the password)")
-        else:
-            cas = self.listener.keys.authorized_cas()
-            if cas is not None:
-                self.conn.set_authorized_keys(cas)
+        if self.target is not None:
+            # keys and certificates: only those of identities that may log in here as `name`
+            self.conn.set_authorized_keys(self.listener.keys.authorized(self.target, name))
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -200,11 +198,13 @@ class SshConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        self._candidate = None
-        user = self.listener.keys.owner(key) if self.target is not None else None
-        if user is None:
-            return self._failed()
-        return self._accept(key_identity(user))
+        """Only reached for keys the connection's authorized entries do not hold: never accepted
+        here, but a listed key gets told why (after proving nothing, it learns only what its
+        owner may know)."""
+        user = self.listener.keys.owner(key)
+        if user is not None:
+            self._explain(key_identity(user))
+        return self._failed()
 
     async def validate_password(self, username: str, password: str) -> bool:
         return await self._token(password)
@@ -222,28 +222,36 @@ class SshConnection(asyncssh.SSHServer):
 
     async def _token(self, token: str) -> bool:
         self._candidate = None
-        if self.target is None:
-            return self._failed()
         try:
             identity = await self.listener.authenticator.authenticate(token)
         except AuthError as e:
             self._banner(f"wiregate: authentication failed: {e}")
             await asyncio.sleep(FAILED_TOKEN_DELAY)
             return self._failed()
-        return self._accept(identity)
-
-    def _accept(self, identity: Identity) -> bool:
-        target = self.target
-        if self._claimed is not None and self._claimed != identity.name:
-            self._banner(f'wiregate: user name "{self._claimed}" does not match the credential, which is '
-                         f'for "{identity.name}"')
+        if not self._eligible(identity):
+            self._explain(identity)
             return self._failed()
-        if not groups_match(identity.groups, target.allow_groups):
-            self._banner(f'wiregate: "{identity.name}" is not allowed on target "{target.name}" '
-                         "(none of your groups is in its allow_groups)")
-            return self._failed()
+        # a True answer completes authentication at once: this is who logged in
         self._candidate = identity
         return True
+
+    def _eligible(self, identity: Identity) -> bool:
+        target = self.target
+        return (target is not None and (self._claimed is None or self._claimed == identity.name)
+                and groups_match(identity.groups, target.allow_groups))
+
+    def _explain(self, identity: Identity) -> None:
+        """Tell a caller who proved an identity why it still cannot log in."""
+        target = self.target
+        if target is None:
+            self._banner(f'wiregate: no SSH target named "{self._target_name}": connect as TARGET@gateway '
+                         "(with your key) or NAME@TARGET@gateway (with your token as the password)")
+        elif self._claimed is not None and self._claimed != identity.name:
+            self._banner(f'wiregate: user name "{self._claimed}" does not match the credential, which is '
+                         f'for "{identity.name}"')
+        elif not groups_match(identity.groups, target.allow_groups):
+            self._banner(f'wiregate: "{identity.name}" is not allowed on target "{target.name}" '
+                         "(none of your groups is in its allow_groups)")
 
     def _failed(self) -> bool:
         self._failures += 1
@@ -259,15 +267,14 @@ class SshConnection(asyncssh.SSHServer):
             pass  # authentication already over
 
     def auth_completed(self) -> None:
+        # a token check answers True only as the last step (self._candidate); otherwise asyncssh
+        # accepted a key or certificate from the connection's entries, which names the identity
         identity = self._candidate
         if identity is None:
-            # a certificate: asyncssh matched one of the CA entries, which names the identity
-            identity = self.listener.keys.certificate_identity(self.conn.get_key_option(IDENTITY_OPTION))
-            if identity is not None:
-                self._accept(identity)
-                identity = self._candidate
-        if identity is None or self.target is None:
-            log.error("ssh: %s: authentication completed without an identity; closing", self.client_addr)
+            certificate = bool(self.conn.get_key_option("cert-authority"))
+            identity = self.listener.keys.matched(self.conn.get_key_option(IDENTITY_OPTION), certificate=certificate)
+        if identity is None or not self._eligible(identity):
+            log.error("ssh: %s: authentication completed without an eligible identity; closing", self.client_addr)
             self.close()
             return
         self.identity = identity

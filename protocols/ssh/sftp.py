@@ -186,6 +186,9 @@ class ClientRequest(msgspec.Struct, frozen=True, kw_only=True):
     path: str | None = None
     unsupported: bool = False
     extension: str | None = None  # the EXTENDED request name
+    # an OPEN that may read the file's contents (FXF_READ), whatever else it may do: its op is
+    # "write" when it may also write, but the gateway must know it hands out contents
+    reads: bool = False
 
 
 class Transfer(msgspec.Struct, frozen=True):
@@ -647,9 +650,11 @@ class SftpInspector:
         path: str | None = None
         length = 0
         learn_cwd = False
+        reads = False
         if ptype == FXP_OPEN:
             path = self.resolve(r.path())
             pflags = r.u32()
+            reads = bool(pflags & FXF_READ)
             r.attrs()
             op = FileOp(_open_op(pflags), path)
         elif ptype in _PATH_OPS:
@@ -683,7 +688,7 @@ class SftpInspector:
                 length = r.skip_string()
             path = self.handle_path(handle)
         pend = _Pending(ptype, None, op, handle, length, learn_cwd)
-        return ClientRequest(type=name, id=rid, op=op, path=path), pend
+        return ClientRequest(type=name, id=rid, op=op, path=path, reads=reads), pend
 
     def _extended(self, r: _Reader, rid: int) -> tuple[ClientRequest, _Pending | None]:
         ext = r.string().decode("utf-8", "surrogateescape")

@@ -287,6 +287,22 @@ def _classify_rsync(args: list[str]) -> FileTransfer | None:
 # --------------------------------------------------------------------------- scp stream
 
 
+def looks_like_transfer(command: str) -> bool:
+    """Whether ``command`` runs the server side of scp or rsync, read loosely (first word and
+    its mode flag), for commands ``classify`` could not read: such a command moves files the
+    gateway cannot name, so it must not pass as an ordinary command where files are guarded."""
+    words = command.split()
+    if not words:
+        return False
+    program = posixpath.basename(words[0])
+    if program == "scp":
+        return any(w in ("-t", "-f") or (w.startswith("-") and not w.startswith("--") and
+                                         ("t" in w or "f" in w)) for w in words[1:])
+    if program == "rsync":
+        return "--server" in words[1:]
+    return False
+
+
 class ScpError(Exception):
     """The scp stream broke the protocol; the channel must be closed, not relayed."""
 

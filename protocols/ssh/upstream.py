@@ -71,8 +71,9 @@ async def connect_upstream(target: "Target", *, agent_path: str | None = None) -
     except asyncssh.HostKeyNotVerifiable:
         raise UpstreamError(
             f'wiregate: the host key of target "{target.name}" ({host}:{port}) does not match its pinned '
-            f"known_hosts ({target.known_hosts}): refusing to connect (possible man-in-the-middle; "
-            "update known_hosts if the host key was changed on purpose)") from None
+            "known_hosts: refusing to connect (possible man-in-the-middle; the gateway's operator updates "
+            "known_hosts if the host key was changed on purpose)") from WiregateError(
+                f"target {target.name}: host key not in {target.known_hosts}")
     except asyncssh.PermissionDenied:
         raise UpstreamError(f'wiregate: target "{target.name}" refused the gateway\'s credential '
                             f'for user "{target.user}"') from None

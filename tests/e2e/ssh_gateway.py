@@ -10,6 +10,7 @@ import asyncssh
 from tests.e2e.gateway_process import GatewayProcess
 from gateway.sshserver import ThrowawaySshd, other_host_key_line
 
+PASSWORD_ENV = "WG_TEST_SSH_PASSWORD"
 SECRET_EMAIL = "carol.secret@example.com"
 SECRET_AWS = "AKIAIOSFODNN7EXAMPLE"
 
@@ -31,7 +32,8 @@ class SshGateway:
     """``gw`` (a GatewayProcess with listen.ssh) and everything tests need to reach it."""
 
     def __init__(self, workdir: Path, sshd: ThrowawaySshd, *, rules: list[dict] | None = None,
-                 policy_default: str = "allow", extra: dict | None = None, identity: dict | None = None):
+                 policy_default: str = "allow", extra: dict | None = None, identity: dict | None = None,
+                 password_user: tuple[str, str] | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.sshd = sshd
         self.alice = Caller(workdir, "alice")
@@ -44,13 +46,16 @@ class SshGateway:
             {"name": "web", "allow_groups": ["sre"], **common},
             {"name": "masked", "allow_groups": ["sre"], **common},
             {"name": "relay", "allow_groups": ["sre"], **common},
+            *([{"name": "as-user", "allow_groups": ["sre"], "protocol": "ssh", "address": f"127.0.0.1:{sshd.port}",
+                 "user": password_user[0], "password_env": PASSWORD_ENV, "known_hosts": str(sshd.known_hosts)}]
+              if password_user else []),
             {"name": "pinned-wrong", "allow_groups": ["sre"], **common, "known_hosts": str(bad_known_hosts)},
         ]
         self.gw = GatewayProcess(
             workdir / "gateway", targets=targets, rules=rules, policy_default=policy_default, ssh=True,
             users=[{"name": "alice", "groups": ["sre"], "ssh_keys": [self.alice.public_line]},
                    {"name": "bob", "groups": ["web"], "ssh_keys": [self.bob.public_line]}],
-            extra=extra, identity=identity)
+            extra=extra, identity=identity, env={PASSWORD_ENV: password_user[1]} if password_user else None)
         self.known_hosts = workdir / "gateway_known_hosts"
 
     def start(self) -> "SshGateway":

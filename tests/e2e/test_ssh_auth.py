@@ -80,6 +80,28 @@ def test_refused_certificates(g, ca, tmp_path, principal, validity, why):
     assert res.stdout == b""
 
 
+def test_a_failed_signature_with_a_listed_key_does_not_lend_its_identity(g, ca, tmp_path):
+    """Regression: alice's public key offered with a bad signature, then bob's valid certificate
+    (bob may not use the target), must not log in as alice; nor may bob's certificate alone."""
+    import asyncio
+
+    import asyncssh
+
+    bob_key = asyncssh.generate_private_key("ssh-ed25519")
+    ca_key = asyncssh.read_private_key(str(ca))
+    cert = ca_key.generate_user_certificate(bob_key, "bob", principals=["bob"])
+    forged = asyncssh.load_keypairs([bob_key])[0]
+    forged.public_data = forged.key_public_data = g.alice.key.public_data  # signs with bob's key
+    real = asyncssh.load_keypairs([(bob_key, cert)])[0]
+
+    async def attempt(keys):
+        async with g.connect("web", client_keys=keys, preferred_auth="publickey") as conn:
+            return (await conn.run("echo in", check=False)).stdout
+    for keys in ([real], [forged, real]):
+        with pytest.raises(asyncssh.PermissionDenied):
+            asyncio.run(attempt(keys))
+
+
 def test_certificate_from_another_ca_refused(g, tmp_path):
     other = _user_key(tmp_path, "other-ca")
     key = _user_key(tmp_path, "user")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import asyncssh
+from asyncssh.constants import PTY_ECHO
 import pytest
 
 from gateway.pgserver import free_port
@@ -49,7 +50,8 @@ def g(sshd, protected, tmp_path_factory):
          "action": "allow"},
         {"name": "mask-secrets", "targets": ["masked"], "action": "mask", "detectors": ["email", "aws_key"]},
     ]
-    gateway = SshGateway(tmp_path_factory.mktemp("sshgw"), sshd, rules=rules).start()
+    gateway = SshGateway(tmp_path_factory.mktemp("sshgw"), sshd, rules=rules,
+                         password_user=sshd.ensure_password_user()).start()
     yield gateway
     gateway.stop()
 
@@ -146,6 +148,32 @@ def test_exit_signal_propagates(g):
     signal, code = run(go())
     assert signal is not None and signal[0] == "TERM"
     assert code == -15
+
+
+def test_signal_from_the_client_reaches_the_command(g):
+    # a target the gateway logs in to with a password, as an unprivileged user: sshd only passes
+    # signals on in privilege-separated sessions (not root's)
+    async def go():
+        async with g.connect("as-user") as conn:
+            proc = await conn.create_process("echo started; exec sleep 30", encoding=None)
+            assert await proc.stdout.readline() == b"started\n"
+            proc.send_signal("TERM")
+            await asyncio.wait_for(proc.wait_closed(), 10)
+            return proc.exit_signal
+    signal = run(go())
+    assert signal is not None and signal[0] == "TERM"
+
+
+def test_pty_modes_and_terminal_type_forwarded(g):
+    async def go():
+        async with g.connect() as conn:
+            result = await conn.run("echo $TERM; stty -a | tr ' ' '\\n' | grep -x -- '-echo' || echo no-echo-flag",
+                                    term_type="vt220", term_size=(90, 20), term_modes={PTY_ECHO: 0},
+                                    check=False)
+            return result.stdout
+    out = run(go())
+    assert "vt220" in out
+    assert "-echo" in out
 
 
 # ---- authentication -------------------------------------------------------------------------
@@ -394,6 +422,33 @@ def test_legacy_scp_recursive_download_checks_each_file(g, sshd, tmp_path):
     assert b'blocked by rule "no-secret-reads"' in res.stderr
     assert (tmp_path / "got" / "other.txt").read_text() == "fine\n"
     assert not (tmp_path / "got" / "secret.txt").exists()
+
+
+def test_legacy_scp_with_a_remote_glob_refused_where_files_are_guarded(g, sshd, tmp_path):
+    remote = sshd.root_dir / "globbed"
+    remote.mkdir(exist_ok=True)
+    (remote / "secret.txt").write_text("top secret\n")
+    res = subprocess.run(["scp", "-O", *g.options(), f"web@127.0.0.1:{remote}/*.txt", str(tmp_path)],
+                         capture_output=True, timeout=60)
+    assert res.returncode != 0
+    assert b"cannot be checked file by file" in res.stderr
+    assert not (tmp_path / "secret.txt").exists()
+
+
+def test_sftp_read_write_open_refused_under_detector_masks(g, sshd):
+    (sshd.root_dir / "rw.env").write_text(f"AWS={SECRET_AWS}\n")
+
+    async def go():
+        async with g.connect("masked") as conn:
+            async with conn.start_sftp_client() as sftp:
+                with pytest.raises(asyncssh.SFTPPermissionDenied):
+                    await sftp.open(str(sshd.root_dir / "rw.env"), "r+b")
+                with pytest.raises(asyncssh.SFTPPermissionDenied):
+                    await sftp.open(str(sshd.root_dir / "rw.env"), "rb")
+                async with await sftp.open(str(sshd.root_dir / "new.txt"), "wb") as f:
+                    await f.write(b"uploads are fine\n")
+    run(go())
+    assert (sshd.root_dir / "new.txt").read_text() == "uploads are fine\n"
 
 
 def test_rsync_round_trip(g, sshd, tmp_path):
