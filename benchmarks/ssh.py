@@ -585,9 +585,10 @@ def render_ssh_markdown(report: SshReport) -> list[str]:
         ]
     lines += ["", "² the gateway refuses downloads where detector masks apply (it cannot mask a file it "
               "streams): not attempted.", "",
-              "PTY echo under masks: a typed character is released at once only while its line passes the "
-              "detectors' quick reject; Debian's prompt `root@host:~#` holds an `@` (a possible e-mail), so "
-              "on that line the echo waits for the masker's quiet-time flush (about 10 ms)."]
+              "PTY echo under masks: a typed character is released at once while its line holds no "
+              "possible match still forming (Debian's prompt `root@host:~#` has an `@` but no address); "
+              "a line that could be a secret in the making waits for the masker's quiet-time flush "
+              "(about 10 ms)."]
     if report.errors:
         lines += ["", "¹ Not measured (SSH):", ""]
         for name, msg in report.errors.items():
@@ -726,7 +727,16 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    report = run_ssh_benchmark(short=args.short, say=say)
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM unwinds like Ctrl-C, so that sshd and the gateways are stopped
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        report = run_ssh_benchmark(short=args.short, say=say)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
     print("\n".join(render_ssh_markdown(report)))
     return 1 if report.errors else 0
 

@@ -15,8 +15,9 @@ Early release (``eager=True``, for the PTY): a short partial line is released at
 keystroke echo and prompts pass without the quiet-time delay, when all of these hold: it is at
 most 64 bytes, it came whole in a feed of at most 64 bytes (the tail of a larger read is a cut
 through program output, where a secret may go on in the next read), and the line so far
-(with what already went out of it) holds no PEM armour (``-----``) and passes
-``quick_reject``. What went out of a line, early or by a flush, is kept (its last 1 KiB) as
+(with what already went out of it) holds no PEM armour (``-----``) and either passes
+``quick_reject`` or holds no match and ends in a word that passes it (a ``user@host:~$``
+prompt). What went out of a line, early or by a flush, is kept (its last 1 KiB) as
 the context its rest is scanned with: a match that began in it is masked from there on, and a
 BEGIN line released in pieces still masks the key lines after it. What went out is not taken
 back: output trickling a few bytes at a time can show the start of a secret (the first digits
@@ -134,11 +135,23 @@ class StreamMasker:
             buf.clear()
         elif self._eager and len(data) <= EAGER_MAX and len(buf) <= len(data):
             line_so_far = bytes(self._head + buf)
-            if _ARMOUR not in line_so_far and self._any.quick_reject(line_so_far):
+            if _ARMOUR not in line_so_far and (self._any.quick_reject(line_so_far) or self._settled(line_so_far)):
                 out += buf
                 self._add_head(buf)
                 buf.clear()
         return bytes(out)
+
+    def _settled(self, line: bytes) -> bool:
+        """A line no detector matches whose last word cannot be the start of a match either: a
+        prompt like ``root@host:~# `` (the ``@`` defeats ``quick_reject``, not ``find``)."""
+        # the word still being written (nothing, when the line ends in a space) could grow into a match
+        words = line.split()
+        tail = b"" if not words or line[-1:].isspace() else words[-1]
+        if tail and not self._any.quick_reject(tail):
+            return False
+        if sum(line.count(d) for d in b"0123456789") >= 8:
+            return False  # number detectors work across words (grouped cards, phones): keep holding
+        return not self._any.find(line.decode("utf-8", "surrogateescape"))
 
     def flush(self) -> bytes:
         """Release everything held, masked."""

@@ -294,6 +294,21 @@ def test_random_bytes_never_raise(data, sizes, eager, style):
     assert isinstance(run(data, sizes, scans=scans, eager=eager), bytes)
 
 
+def test_a_prompt_with_an_at_sign_is_released_at_once_but_a_forming_address_is_held():
+    from policy.detectors import DetectorSet
+    from policy.masking import Masker
+    from protocols.ssh.outmask import StreamMasker
+
+    m = StreamMasker([(DetectorSet(["email"]), Masker("redact"))])
+    assert m.feed(b"root@host:~# ") == b"root@host:~# " and not m.pending
+    assert m.feed(b"l") == b"l" and not m.pending  # keystroke echo after such a prompt
+    assert m.feed(b" alice@exam") == b"" and m.pending  # the last word could become an address
+    assert m.feed(b"ple.com\r\n") == b" ****\r\n"
+    m2 = StreamMasker([(DetectorSet(["email"]), Masker("redact"))])
+    assert m2.feed(b"mail bob@example.org ") == b"" and m2.pending  # a whole address: held, masked later
+    assert m2.flush() == b"mail **** "
+
+
 def test_output_trickling_byte_by_byte_masks_from_where_the_match_shows():
     # documented limit: what went out early is not taken back, the rest of the match is masked
     assert run(b"ADMIN_EMAIL=" + EMAIL + b"\r\n", [1]) == b"ADMIN_EMAIL=alice****\r\n"
