@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.sshserver import start_sshd
 from tests.e2e.gateway_process import GatewayProcess
 
 PW_ENV = "WG_TEST_APP_PASSWORD"
@@ -39,3 +40,11 @@ def alice(gw) -> str:
 @pytest.fixture(scope="session")
 def dsn(gw, alice) -> str:
     return gw.dsn("alice", alice, "appdb")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """Debian's sshd on a loopback port (gateway/sshserver.py), one per test module."""
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

@@ -11,14 +11,6 @@ import time
 import pytest
 
 from tests.e2e.ssh_gateway import SshGateway
-from gateway.sshserver import start_sshd
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

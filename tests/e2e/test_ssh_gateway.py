@@ -20,14 +20,6 @@ import pytest
 
 from gateway.pgserver import free_port
 from tests.e2e.ssh_gateway import SECRET_AWS, SECRET_EMAIL, SshGateway
-from gateway.sshserver import start_sshd
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
