@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import fmt as _fmt
 from benchmarks.ssh import SshReport, render_ssh_markdown, run_ssh_benchmark
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
@@ -329,18 +330,6 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
         added_b = (1 / tps["pgbouncer"] - 1 / tps["direct"]) * 1e6
     out["added_us_per_txn_1c"] = {"gateway": added, "pgbouncer": added_b}
     return out
-
-
-def _fmt(v: float | None, ratio: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if ratio:
-        return f"{v:.2f}x"
-    if v >= 1000:
-        return f"{v:,.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.3f}"
 
 
 def render_markdown(meta: dict[str, Any], summary: dict[str, Any], errors: dict[str, str]) -> str:

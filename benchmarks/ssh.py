@@ -56,6 +56,7 @@ from typing import Any
 
 import asyncssh
 
+from benchmarks.report import fmt
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import free_port
@@ -500,16 +501,8 @@ def summarize(report: SshReport) -> dict[str, Any]:
     return out
 
 
-def _fmt(v: float | None, ratio: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if ratio:
-        return f"{v:.2f}x"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
+def _cell(v: float | None) -> str:
+    return fmt(v, decimals=2)
 
 
 def render_ssh_markdown(report: SshReport) -> list[str]:
@@ -561,20 +554,20 @@ def render_ssh_markdown(report: SshReport) -> list[str]:
                 if (s, key) in REFUSED_BY_DESIGN and s not in report.errors:
                     cells.append("refused²")
                 else:
-                    cells.append(_fmt(row[s]))
+                    cells.append(_cell(row[s]))
             label = f"{metric} {unit}" if unit == "ms" else unit
             lines.append(f"| {title} | {label} | " + " | ".join(cells) + " | "
-                         f"{_fmt(row['gateway/direct'], True)} | {_fmt(row['masked/gateway'], True)} |")
+                         f"{fmt(row['gateway/direct'], True)} | {fmt(row['masked/gateway'], True)} |")
     added = summary.get("added_ms") or {}
     if added:
         lines += [
             "",
             "Added ms per operation (median gateway − median direct): exec `true` **"
-            f"{_fmt(added['exec_true']['gateway'])}** (masked {_fmt(added['exec_true']['gateway-masked'])}), "
-            f"exec with output {_fmt(added['exec_output']['gateway'])} "
-            f"(masked {_fmt(added['exec_output']['gateway-masked'])}), `ssh HOST true` with {PINNED_KEX} **"
-            f"{_fmt(added['ssh_true_c25519']['gateway'])}** "
-            f"(masked {_fmt(added['ssh_true_c25519']['gateway-masked'])}).",
+            f"{_cell(added['exec_true']['gateway'])}** (masked {_cell(added['exec_true']['gateway-masked'])}), "
+            f"exec with output {_cell(added['exec_output']['gateway'])} "
+            f"(masked {_cell(added['exec_output']['gateway-masked'])}), `ssh HOST true` with {PINNED_KEX} **"
+            f"{_cell(added['ssh_true_c25519']['gateway'])}** "
+            f"(masked {_cell(added['ssh_true_c25519']['gateway-masked'])}).",
         ]
     rec = summary.get("recording") or {}
     if rec.get("files"):

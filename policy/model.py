@@ -43,3 +43,10 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ALLOW = Decision(action="allow")
+
+
+def review_refusal(decision: Decision, what: str) -> str:
+    """What a caller is told when ``decision`` asks for an approval, which this gateway cannot
+    grant yet: ``what`` ("the statement", "the command") is refused, naming the rule."""
+    return (f'wiregate: blocked by rule "{decision.rule}": {what} needs an approval, '
+            "and approvals are not available on this gateway yet")

@@ -8,12 +8,13 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from gateway.config import parse_listen
 from gateway.secrets import target_password
 from gateway.tls import upstream_context
 from protocols.postgres import codec
 from protocols.postgres.catalog import CatalogCache
 from protocols.postgres.resultmask import SharedLineage
-from protocols.postgres.session import PostgresSession, _split_address
+from protocols.postgres.session import PostgresSession
 from protocols.postgres.upstream_auth import SaltedPasswordCache
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class PostgresListener:
             log.info("cancel request with an unknown key ignored")
             return
         target, (up_pid, up_key) = entry
-        host, port = _split_address(target.address or "")
+        host, port = parse_listen(target.address or "")
         try:
             async with asyncio.timeout(10):
                 reader, writer = await asyncio.open_connection(host, port)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.config import parse_listen
 from gateway.errors import WiregateError, raised_at
 from gateway.identity import AuthError, groups_match
 from protocols.postgres import codec
@@ -30,7 +31,7 @@ from recorder import events as rec
 from recorder.capture import new_session_id, recorded_text
 from recorder.writer import SessionRecorder
 from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
-from policy.model import Command
+from policy.model import Command, review_refusal
 
 if TYPE_CHECKING:
     from gateway.config import Target
@@ -391,7 +392,7 @@ class PostgresSession:
 
     async def _connect_upstream(self, target: "Target", client_params: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
-        host, port = _split_address(target.address or "")
+        host, port = parse_listen(target.address or "")
         up = _Side(self)
         self.upstream = up
         try:
@@ -709,9 +710,7 @@ class PostgresSession:
                     self.masking.ddl_seen()
             return None
         if decision.action == "review":
-            return codec.error_response(decision.sqlstate or "42501",
-                                        f'wiregate: blocked by rule "{decision.rule}": the statement needs an approval, '
-                                        "and approvals are not available on this gateway yet")
+            return codec.error_response(decision.sqlstate or "42501", review_refusal(decision, "the statement"))
         return codec.error_response(decision.sqlstate, decision.message)
 
 
@@ -724,8 +723,3 @@ def _is_loopback(peer: object) -> bool:
         return False
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host:
-        return address, 5432
-    return host.strip("[]"), int(port)

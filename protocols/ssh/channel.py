@@ -33,13 +33,13 @@ import asyncssh
 from asyncssh.constants import EXTENDED_DATA_STDERR
 
 from gateway.errors import raised_at
-from policy.model import Command, Decision
+from policy.model import Command, Decision, review_refusal
 from protocols.ssh import transfer
 from protocols.ssh.outmask import StreamMasker
 from protocols.ssh.scprelay import ScpRelay
-from protocols.ssh.sftp import SftpError, SftpInspector
+from protocols.ssh.sftp import SftpError, SftpInspector, normalize_path
 from protocols.ssh.terminal import Enter, LineTracker
-from protocols.ssh.transfer import ScpDone, ScpError, ScpStream, normalize_path
+from protocols.ssh.transfer import ScpDone, ScpError, ScpStream
 from protocols.ssh.upstream import UpstreamError
 from recorder import events as rec
 from recorder.capture import new_session_id, recorded_text
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wiregate.ssh")
 
+# what an allowed command becomes when its record cannot be kept (on_record_failure = "refuse")
+UNRECORDABLE = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
 DENIED_EXIT = 126  # what a shell reports for a command it found but cannot execute
 GATEWAY_EXIT = 255  # what ssh itself reports when the connection fails
 MASK_QUIET_S = 0.01  # a held partial output line is released after this much quiet
@@ -310,7 +312,7 @@ class SessionChannel(asyncssh.SSHServerSession):
         decision = self._check_line(enter.line.candidates, enter.line.shown)
         if decision.allowed and self.recording is not None and self.recording.sync_required:
             if not await self.recording.synced() and self.owner.listener.on_record_failure == "refuse":
-                decision = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
+                decision = UNRECORDABLE
             if self.closed:
                 return
         self._waiting = False
@@ -378,7 +380,7 @@ class SessionChannel(asyncssh.SSHServerSession):
         if self._record_command(kind, text, decision) or not decision.allowed \
                 or self.owner.listener.on_record_failure == "continue":
             return decision
-        return Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
+        return UNRECORDABLE
 
     def _sftp_from_client(self, data: bytes) -> None:
         insp = self.sftp
@@ -407,13 +409,10 @@ class SessionChannel(asyncssh.SSHServerSession):
         owner = self.owner
         decision = owner.policy.check(Command(protocol="ssh", target=owner.target.name, kind=kind, text=text))
         if decision.action == "review":
-            # approvals are not served yet: a command that needs one is refused, saying so
-            decision = Decision(action="review", rule=decision.rule, message=decision.message +
-                                " (approvals are not available on this gateway yet: refused)")
+            decision = Decision(action="review", rule=decision.rule, message=review_refusal(decision, "the command"))
         if decision.allowed and self.recording is not None and not self.recording.writable \
                 and owner.listener.on_record_failure == "refuse":
-            return Decision(action="deny", rule=None,
-                            message="wiregate: the session cannot be recorded: command refused")
+            return UNRECORDABLE
         return decision
 
     def _decide_file(self, op: str, path: str, path2: str | None) -> Decision:
@@ -461,7 +460,7 @@ class SessionChannel(asyncssh.SSHServerSession):
         decision = self._recorded_or_refused("exec", command, decision)
         if decision.allowed and self.recording is not None and self.recording.sync_required:
             if not await self.recording.synced() and self.owner.listener.on_record_failure == "refuse":
-                decision = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
+                decision = UNRECORDABLE
         if decision.allowed:
             return True
         self._tell(f"{decision.message}\n".encode(), stderr=True)
@@ -476,7 +475,8 @@ class SessionChannel(asyncssh.SSHServerSession):
         except ScpError as e:
             self._protocol_error(f"wiregate: scp protocol error: {e}")
             return
-        to_client, to_target = (moves.to_source, moves.to_sink) if source_is_client else (moves.to_sink, moves.to_source)
+        to_client, to_target = ((moves.to_source, moves.to_sink) if source_is_client
+                                else (moves.to_sink, moves.to_source))
         if to_target:
             self.up.write(bytes(to_target))
         if to_client:

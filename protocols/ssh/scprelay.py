@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from policy.model import Decision
-from protocols.ssh.transfer import ScpDir, ScpDone, ScpEvent, ScpFile, ScpStream, normalize_path
+from protocols.ssh.sftp import normalize_path
+from protocols.ssh.transfer import ScpDir, ScpDone, ScpEvent, ScpFile, ScpStream
 
 
 class Moves:

@@ -27,7 +27,7 @@ from gateway.errors import raised_at
 from gateway.identity import AuthError, Identity, groups_match
 from gateway.keys import install_private_file
 from policy.model import Command, Decision
-from protocols.ssh.auth import IDENTITY_OPTION, KeyIndex, key_identity, parse_username
+from protocols.ssh.auth import IDENTITY_OPTION, KeyIndex, parse_username
 from protocols.ssh.channel import SessionChannel
 from protocols.ssh.forward import Tunnel
 from protocols.ssh.upstream import UpstreamError, connect_upstream
@@ -197,12 +197,8 @@ class SshConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        """Only reached for keys the connection's authorized entries do not hold: never accepted
-        here, but a listed key gets told why (after proving nothing, it learns only what its
-        owner may know)."""
-        user = self.listener.keys.owner(key)
-        if user is not None:
-            self._explain(key_identity(user))
+        """Only reached for keys the connection's authorized entries do not hold: never accepted.
+        No banner: a public key proves nothing before its signature, and anyone may hold one."""
         return self._failed()
 
     async def validate_password(self, username: str, password: str) -> bool:
@@ -212,7 +208,8 @@ class SshConnection(asyncssh.SSHServer):
         if self.target is None:
             return False
         # "Password" in the prompt: clients that answer password prompts (sshpass, asyncssh) answer it
-        return "wiregate", f'Sign in to target "{self.target.name}" with your token', "", [("Password (your wiregate token): ", False)]
+        prompt = ("Password (your wiregate token): ", False)
+        return "wiregate", f'Sign in to target "{self.target.name}" with your token', "", [prompt]
 
     async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
         if len(responses) != 1:

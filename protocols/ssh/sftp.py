@@ -446,6 +446,17 @@ def _open_op(pflags: int) -> str:
 # ---------------------------------------------------------------- framing
 
 
+def normalize_path(path: str) -> str:
+    """A path as file rules see it: normalised as text (``..`` and ``.`` folded), an empty one
+    read as ``.``. The policy texts of SFTP, scp and rsync all go through here."""
+    out = posixpath.normpath(path or ".")
+    if out.startswith("//"):
+        # POSIX leaves a leading "//" implementation-defined and normpath keeps it; Linux
+        # reads it as "/", and a rule on "/etc" must not be dodged by "//etc".
+        out = "/" + out.lstrip("/")
+    return out
+
+
 class PacketFramer:
     """Incremental framing of uint32-length-prefixed packets, for one direction of a channel.
 
@@ -589,12 +600,7 @@ class SftpInspector:
             path = "."
         if not path.startswith("/") and self.cwd is not None:
             path = f"{self.cwd}/{path}"
-        out = posixpath.normpath(path)
-        if out.startswith("//"):
-            # POSIX leaves a leading "//" implementation-defined and normpath keeps it; Linux
-            # reads it as "/", and a rule on "/etc" must not be dodged by "//etc".
-            out = "/" + out.lstrip("/")
-        return out
+        return normalize_path(path)
 
     def _symlink_target(self, target: str, link: str) -> str:
         if target.startswith("/"):

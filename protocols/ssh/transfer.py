@@ -50,6 +50,8 @@ from typing import Literal, NoReturn, Union
 
 import msgspec
 
+from protocols.ssh.sftp import normalize_path
+
 Tool = Literal["scp", "rsync", "sftp"]
 Direction = Literal["upload", "download", "both"]
 
@@ -121,15 +123,6 @@ class FileTransfer(msgspec.Struct, frozen=True):
         if self.deletes:
             out += [f"remove {p}" for p in norm]
         return tuple(out)
-
-
-def normalize_path(path: str) -> str:
-    """Lexical normalisation as the SFTP inspector does it; empty means the home directory."""
-    out = posixpath.normpath(path or ".")
-    if out.startswith("//"):
-        # Linux reads a leading "//" as "/": a rule on "/etc" must not be dodged by "//etc"
-        out = "/" + out.lstrip("/")
-    return out
 
 
 # --------------------------------------------------------------------------- command lines

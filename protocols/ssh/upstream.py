@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from gateway.config import parse_listen
 from gateway.errors import WiregateError
 from gateway.secrets import target_password_async
 
@@ -28,16 +29,10 @@ class UpstreamError(WiregateError):
     """The gateway could not reach or log in to the target; the message is for the caller."""
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port) if port.isdigit() else 22
-
-
 async def connect_upstream(target: "Target", *, agent_path: str | None = None) -> asyncssh.SSHClientConnection:
     """Log in to ``target`` as its configured user; ``agent_path``: forward the caller's agent
     (only when a rule allowed it)."""
-    host, port = split_address(target.address or "")
+    host, port = parse_listen(target.address or "")  # validated by the config loader
     if not target.known_hosts:
         raise UpstreamError(f'wiregate: target "{target.name}" has no known_hosts: its host key cannot be '
                             "checked, so the gateway does not connect")

@@ -272,12 +272,13 @@ def test_pty_session_replay_and_asciicast(g, tmp_path):
     cast.write_text(res.stdout)
     header = json.loads(res.stdout.splitlines()[0])
     assert header["version"] == 2 and header["width"] == 100 and header["height"] == 30
-    if shutil.which("asciinema") and shutil.which("script"):
-        # asciinema wants a terminal: `script` gives it one
-        played = subprocess.run(["script", "-qec", f"asciinema cat {cast}", "/dev/null"], capture_output=True,
-                                timeout=60, stdin=subprocess.DEVNULL)
-        assert played.returncode == 0, played.stderr
-        assert b"replay-42" in played.stdout
+    # `make test` installs asciinema; `script` (util-linux) gives it the terminal it wants
+    assert shutil.which("asciinema"), "asciinema is missing: apt-get install asciinema"
+    assert shutil.which("script"), "script is missing: apt-get install bsdutils"
+    played = subprocess.run(["script", "-qec", f"asciinema cat {cast}", "/dev/null"], capture_output=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert played.returncode == 0, played.stderr
+    assert b"replay-42" in played.stdout
 
 
 # ---- masking --------------------------------------------------------------------------------

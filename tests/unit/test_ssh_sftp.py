@@ -722,9 +722,10 @@ server.wait()
 '''
 
 
-@pytest.mark.skipif(SFTP is None or not os.access(SFTP_SERVER, os.X_OK),
-                    reason="needs OpenSSH's sftp client and sftp-server")
 def test_openssh_sftp_through_the_inspector(tmp_path: Path):
+    # `make test` installs both (openssh-client, openssh-server): missing is a broken setup, not a skip
+    assert SFTP is not None, "OpenSSH's sftp client is missing: apt-get install openssh-client"
+    assert os.access(SFTP_SERVER, os.X_OK), f"{SFTP_SERVER} is missing: apt-get install openssh-server"
     home, local, denied = tmp_path / "home", tmp_path / "local", tmp_path / "denied"
     for d in (home, local, denied):
         d.mkdir()

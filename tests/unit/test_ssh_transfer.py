@@ -679,8 +679,8 @@ sys.exit(p.wait())
 '''
 
 
-@pytest.mark.skipif(shutil.which("scp") is None, reason="OpenSSH's scp client is not installed")
 def test_live_scp_upload_parses(tmp_path: Path) -> None:
+    assert shutil.which("scp"), "OpenSSH's scp client is missing: apt-get install openssh-client"
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_bytes(b"hello\n")
