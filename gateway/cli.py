@@ -61,7 +61,7 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     groups = [g for g in (args.groups or "").split(",") if g]
     return policy_test(cfg, target=args.target, name=args.as_name, groups=groups,
                        sql=args.sql, command=args.command, tool=args.tool, file=args.file,
-                       forward=args.forward)
+                       forward=args.forward, http=args.http, tool_args=args.tool_args)
 
 
 def _cmd_token_issue(args: argparse.Namespace) -> int:
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--file", metavar="'OP PATH'", help='an SSH file operation, e.g. "write /etc/hosts"')
     what.add_argument("--forward", metavar="'local HOST:PORT'",
                       help='an SSH forwarding request: "local HOST:PORT", "remote HOST:PORT" or "agent"')
+    what.add_argument("--http", metavar="'METHOD /PATH'", help='an HTTP request as the target sees it, e.g. "DELETE /admin/x"')
+    pt.add_argument("--args", dest="tool_args", metavar="JSON", help="with --tool: the call's arguments, a JSON object")
     pt.set_defaults(func=_cmd_policy_test)
 
     p = sub.add_parser("token", help="dev tokens")

@@ -15,6 +15,7 @@ import re
 import struct
 import tomllib
 import typing
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +91,14 @@ class Target(_Base):
     # http
     url: str | None = None
     mcp: bool = False
+    # pass the caller's own Authorization header to the upstream (off: the upstream never sees it)
+    forward_token: bool = False
+    # a credential of the gateway's own, sent to the upstream in this header on every request
+    credential_header: str = "Authorization"
+    credential_env: str | None = None
+    credential_file: str | None = None
+    # mcp: tools/call argument names (globs) whose string values are always analysed as SQL
+    sql_arguments: list[str] = msgspec.field(default_factory=lambda: ["sql", "query", "statement", "*_sql"])
     # who may open a session at all; empty means nobody (fail closed)
     allow_groups: list[str] = []
 
@@ -110,6 +119,8 @@ class RuleMatch(_Base):
     # SSH forwarding: "local HOST:PORT", "remote HOST:PORT", "agent"
     forward: list[str] = []
     tool: list[str] = []
+    # MCP tools/call arguments: argument name glob -> value patterns (globs, `re:` regexes)
+    args: dict[str, list[str]] = {}
     http: HttpMatch | None = None
 
 
@@ -128,6 +139,8 @@ class Rule(_Base):
     # mask
     columns: list[str] = []
     detectors: list[str] = []
+    # JSON object keys (name globs, any depth) whose values an HTTP/MCP body masks
+    keys: list[str] = []
     style: Literal["redact", "partial", "hash", "null"] = "redact"
 
 
@@ -140,6 +153,28 @@ class SshSection(_Base):
     max_channels: int = 32
     # connections still authenticating at once; more are closed at once
     max_unauthenticated: int = 256
+
+
+class HttpSection(_Base):
+    """Limits of the HTTP listener (protocols/http/listener.py)."""
+
+    # request line and headers, in bytes (431 past it)
+    max_header_bytes: int = 16384
+    # a request body (413 past it)
+    max_body_bytes: int = 64 * 1024 * 1024
+    # a body the gateway must hold whole to check or mask it: MCP requests, masked JSON/text responses
+    max_buffered_bytes: int = 8 * 1024 * 1024
+    # a request head must arrive within this once it has started (408 and close past it)
+    header_timeout: str = "10s"
+    # an idle keep-alive connection is closed after this
+    idle_timeout: str = "60s"
+    # the longest silence while a request body is arriving
+    body_timeout: str = "30s"
+    # connecting to an upstream, and waiting for its response head
+    connect_timeout: str = "10s"
+    upstream_timeout: str = "60s"
+    # open client connections at once; more are refused with 503
+    max_connections: int = 1024
 
 
 class PolicySection(_Base):
@@ -187,6 +222,7 @@ class Config(_Base):
     rules: list[Rule] = []
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
     ssh: SshSection = msgspec.field(default_factory=SshSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
     recording: RecordingSection = msgspec.field(default_factory=RecordingSection)
     audit: list[AuditSink] = []
 
@@ -206,7 +242,7 @@ class Config(_Base):
 _PATH_FIELDS: dict[type, tuple[str, ...]] = {
     GatewaySection: ("state_dir", "tls_cert_file", "tls_key_file"),
     OIDCProvider: ("jwks_file",),
-    Target: ("password_file", "key_file", "known_hosts", "tls_ca_file"),
+    Target: ("password_file", "key_file", "known_hosts", "tls_ca_file", "credential_file"),
     AuditSink: ("path",),
 }
 
@@ -220,13 +256,19 @@ _EXAMPLES: dict[tuple[type, str], str] = {
     (Target, "url"): '"http://127.0.0.1:9000"',
     (Rule, "timeout"): '"5m"',
     (SshSection, "login_timeout"): '"30s"',
+    (HttpSection, "header_timeout"): '"10s"',
+    (HttpSection, "idle_timeout"): '"60s"',
+    (HttpSection, "body_timeout"): '"30s"',
+    (HttpSection, "connect_timeout"): '"10s"',
+    (HttpSection, "upstream_timeout"): '"60s"',
 }
 
 # Keys of each protocol beyond the ones every target has (name, protocol, allow_groups).
 _TARGET_KEYS: dict[str, frozenset[str]] = {
     "postgres": frozenset({"address", "database", "user", "password_env", "password_file", "tls", "tls_ca_file"}),
     "ssh": frozenset({"address", "user", "password_env", "password_file", "key_file", "known_hosts"}),
-    "http": frozenset({"url", "mcp", "tls_ca_file"}),
+    "http": frozenset({"url", "mcp", "tls_ca_file", "forward_token", "credential_header", "credential_env",
+                       "credential_file", "sql_arguments"}),
 }
 _TARGET_COMMON_KEYS = frozenset({"name", "protocol", "allow_groups"})
 
@@ -237,6 +279,11 @@ _SECRET_KEY_NAMES = frozenset({
 })
 _SECRET_KEY_SUFFIXES = ("_password", "_secret", "_token", "_api_key")
 
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# headers the proxy itself owns: a credential cannot be smuggled in through them
+_NOT_CREDENTIAL_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+    "proxy-connection", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
@@ -246,6 +293,26 @@ DEV_TOKEN_ISSUER = "wiregate-dev"
 
 
 # ---- small public helpers -------------------------------------------------
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an http target's base URL (scheme, host, optional port and path), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a valid URL: {e}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host name"
+    if port == 0:
+        return "port 0 is not a port to connect to"
+    if parts.query or parts.fragment:
+        return "must not have a query string or a fragment"
+    if parts.username or parts.password:
+        return "must not carry credentials: use credential_env or credential_file"
+    return None
+
 
 def parse_listen(addr: str) -> tuple[str, int]:
     """Split ``host:port`` (or ``[v6]:port``) into host and port.
@@ -472,6 +539,8 @@ def _describe(t: mi.Type, path: str) -> str:
         return f"a list of {_plural(_describe(t.item_type, path))}"
     if isinstance(t, mi.UnionType):
         return " or ".join(_describe(m, path) for m in t.types if not isinstance(m, mi.NoneType))
+    if isinstance(t, mi.DictType):
+        return f"a table of {_plural(_describe(t.value_type, path))}"
     return "a valid value"
 
 
@@ -529,6 +598,13 @@ def _walk(value: Any, t: mi.Type, path: str, errors: list[str],
             return
         for i, item in enumerate(value):
             _walk(item, t.item_type, f"{path}[{i}]", errors, owner, field)
+        return
+    if isinstance(t, mi.DictType):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected {_describe(t, path)}, got {_show(value)}")
+            return
+        for key, item in value.items():
+            _walk(item, t.value_type, _key_path(path, key), errors, owner, field)
         return
     if isinstance(t, mi.LiteralType):
         if not _scalar_ok(value, t):
@@ -614,6 +690,11 @@ def _clean(value: Any, t: mi.Type) -> Any:
         # a list with one bad item is dropped whole: indices in later errors must stay true
         items = [_clean(item, t.item_type) for item in value]
         return _BAD if any(item is _BAD for item in items) else items
+    if isinstance(t, mi.DictType):
+        if not isinstance(value, dict):
+            return _BAD
+        cleaned = {k: _clean(v, t.value_type) for k, v in value.items()}
+        return _BAD if any(v is _BAD for v in cleaned.values()) else cleaned
     return value if _scalar_ok(value, t) else _BAD
 
 
@@ -672,6 +753,18 @@ def _semantic_checks(raw: dict[str, Any], errors: list[str]) -> None:
             errors.append("ssh.max_channels: must be at least 1")
         if ssh.max_unauthenticated < 1:
             errors.append("ssh.max_unauthenticated: must be at least 1")
+    section = raw.get("http")
+    if isinstance(section, dict) and (http := _typed(section, HttpSection)) is not None:
+        for key in ("header_timeout", "idle_timeout", "body_timeout", "connect_timeout", "upstream_timeout"):
+            try:
+                if parse_duration(getattr(http, key)) < 1:
+                    errors.append(f"http.{key}: must be at least 1s")
+            except WiregateError as e:
+                errors.append(f"http.{key}: {e}")
+        for key, least in (("max_header_bytes", 1024), ("max_body_bytes", 1), ("max_buffered_bytes", 1024),
+                           ("max_connections", 1)):
+            if getattr(http, key) < least:
+                errors.append(f"http.{key}: must be at least {least}")
     section = raw.get("recording")
     if isinstance(section, dict) and (rec := _typed(section, RecordingSection)) is not None:
         if rec.batch_ms < 1 or rec.batch_ms > 10000:
@@ -851,6 +944,20 @@ def _check_target(p: str, t: Target, raw: dict[str, Any], errors: list[str]) -> 
             errors.append(f"{p}.url: required for http targets")
         elif not t.url.startswith(("http://", "https://")):
             errors.append(f"{p}.url: must start with http:// or https://, got {_show(t.url)}")
+        else:
+            problem = url_problem(t.url)
+            if problem:
+                errors.append(f"{p}.url: {problem}")
+        if "credential_env" in raw and "credential_file" in raw:
+            errors.append(f"{p}: set credential_env or credential_file, not both")
+        if not _HEADER_NAME_RE.fullmatch(t.credential_header):
+            errors.append(f"{p}.credential_header: {_show(t.credential_header)} is not an HTTP header name")
+        elif t.credential_header.lower() in _NOT_CREDENTIAL_HEADERS:
+            errors.append(f"{p}.credential_header: {t.credential_header} is set by the gateway itself")
+        if t.forward_token and (t.credential_env or t.credential_file) and t.credential_header.lower() == "authorization":
+            errors.append(f"{p}: forward_token and a credential in the Authorization header exclude each other")
+        if t.sql_arguments and not t.mcp and "sql_arguments" in raw:
+            errors.append(f"{p}.sql_arguments: only used when mcp = true")
     if "password_env" in raw and "password_file" in raw:
         errors.append(f"{p}: set password_env or password_file, not both")
     if t.password_env is not None and not t.password_env:
@@ -883,10 +990,10 @@ def _check_rule(p: str, r: Rule, raw: dict[str, Any], known_targets: set[str], e
             if key in raw:
                 errors.append(f"{p}.{key}: only used by review rules, this rule is {r.action}")
     if r.action == "mask":
-        if not r.columns and not r.detectors:
-            errors.append(f"{p}: a mask rule needs columns or detectors")
+        if not r.columns and not r.detectors and not r.keys:
+            errors.append(f"{p}: a mask rule needs columns, keys or detectors")
     else:
-        for key in ("columns", "detectors", "style"):
+        for key in ("columns", "detectors", "keys", "style"):
             if key in raw:
                 errors.append(f"{p}.{key}: only used by mask rules, this rule is {r.action}")
     if r.match is not None:

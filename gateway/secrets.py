@@ -70,30 +70,45 @@ def target_password(target: Target) -> Secret | None:
 
     Errors name the variable or file, never the value.
     """
-    where = f"target {target.name!r}"
-    if target.password_env:
-        value = os.environ.get(target.password_env)
+    return read_secret(f"target {target.name!r}", "password", target.password_env, target.password_file)
+
+
+def target_credential(target: Target) -> Secret | None:
+    """An http target's own credential (``credential_env`` / ``credential_file``): the whole value of
+    its ``credential_header``; None when neither is set. A value that cannot be a header value
+    (a line break, a NUL) is refused, so it cannot add headers of its own."""
+    secret = read_secret(f"target {target.name!r}", "credential", target.credential_env, target.credential_file)
+    if secret is not None and any(c in secret.reveal() for c in "\r\n\0"):
+        raise WiregateError(f"target {target.name!r}: the credential holds a line break or NUL, "
+                            "which a header value cannot")
+    return secret
+
+
+def read_secret(where: str, key: str, env: str | None, file: str | None) -> Secret | None:
+    """A secret from the environment variable ``env`` or the file ``file`` (``KEY_env`` / ``KEY_file``)."""
+    if env:
+        value = os.environ.get(env)
         if value is None:
-            raise WiregateError(f"{where}: password_env: environment variable {target.password_env} is not set")
+            raise WiregateError(f"{where}: {key}_env: environment variable {env} is not set")
         if value == "":
-            raise WiregateError(f"{where}: password_env: environment variable {target.password_env} is empty")
+            raise WiregateError(f"{where}: {key}_env: environment variable {env} is empty")
         return Secret(value)
-    if target.password_file:
+    if file:
         try:
-            with open(target.password_file, encoding="utf-8") as f:
+            with open(file, encoding="utf-8") as f:
                 value = f.read()
         except OSError as e:
             reason = e.strerror or type(e).__name__
-            raise WiregateError(f"{where}: password_file: cannot read {target.password_file}: {reason}") from None
+            raise WiregateError(f"{where}: {key}_file: cannot read {file}: {reason}") from None
         except UnicodeDecodeError:
-            raise WiregateError(f"{where}: password_file: {target.password_file} is not UTF-8 text") from None
-        # editors and `echo` add one trailing newline; anything else is part of the password
+            raise WiregateError(f"{where}: {key}_file: {file} is not UTF-8 text") from None
+        # editors and `echo` add one trailing newline; anything else is part of the secret
         if value.endswith("\r\n"):
             value = value[:-2]
         elif value.endswith("\n"):
             value = value[:-1]
         if value == "":
-            raise WiregateError(f"{where}: password_file: {target.password_file} is empty")
+            raise WiregateError(f"{where}: {key}_file: {file} is empty")
         return Secret(value)
     return None
 

@@ -41,11 +41,10 @@ def serve(cfg: Config) -> int:
 
 
 async def _serve(cfg: Config) -> int:
-    unserved = [name for name in ("http", "admin") if getattr(cfg.listen, name)]
-    for name in unserved:
-        log.warning("listen.%s: this version of wiregate does not serve %s yet; ignored", name, name)
-    if not cfg.listen.postgres and not cfg.listen.ssh:
-        raise WiregateError("nothing to serve: set listen.postgres or listen.ssh in the config")
+    if cfg.listen.admin:
+        log.warning("listen.admin: this version of wiregate does not serve the admin API yet; ignored")
+    if not cfg.listen.postgres and not cfg.listen.ssh and not cfg.listen.http:
+        raise WiregateError("nothing to serve: set listen.postgres, listen.ssh or listen.http in the config")
     state_dir = Path(cfg.gateway.state_dir)
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     authenticator = Authenticator(cfg)
@@ -69,6 +68,13 @@ async def _serve(cfg: Config) -> int:
             await _start(ssh, "ssh", cfg.listen.ssh)
             listeners.append(ssh)
             log.info("ssh listening on %s (%d targets)", _addrs(ssh), len(ssh.targets))
+        if cfg.listen.http:
+            from protocols.http.listener import HttpListener
+
+            http = HttpListener(cfg, authenticator, policy, recorder)
+            await _start(http, "http", cfg.listen.http)
+            listeners.append(http)
+            log.info("http listening on %s (%d targets)", _addrs(http), len(http.targets))
     except BaseException:
         for listener in listeners:
             await listener.close()

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+import msgspec
+
 from gateway.config import Config
 from gateway.errors import WiregateError
 from policy.engine import PolicyEngine
@@ -39,20 +41,38 @@ def policy_test(
     tool: str | None = None,
     file: str | None = None,
     forward: str | None = None,
+    http: str | None = None,
+    tool_args: str | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Print the decision for one command and the rule that made it; return the exit status."""
     out = out if out is not None else sys.stdout
-    given = [x for x in (sql, command, tool, file, forward) if x is not None]
+    given = [x for x in (sql, command, tool, file, forward, http) if x is not None]
     if len(given) != 1:
-        raise PolicyUsageError("policy test: give exactly one of --sql, --command, --tool, --file, --forward")
+        raise PolicyUsageError("policy test: give exactly one of --sql, --command, --tool, --file, --forward, --http")
+    arguments: dict | None = None
+    if tool_args is not None:
+        if tool is None:
+            raise PolicyUsageError("policy test: --args goes with --tool")
+        try:
+            arguments = msgspec.json.decode(tool_args)
+        except msgspec.DecodeError as exc:
+            raise PolicyUsageError(f"policy test: --args is not JSON: {exc}") from None
+        if not isinstance(arguments, dict):
+            raise PolicyUsageError('policy test: --args must be a JSON object, like \'{"sql": "SELECT 1"}\'')
+    if http is not None:
+        method, _, path = http.strip().partition(" ")
+        if not method or not path.strip().startswith("/"):
+            raise PolicyUsageError('policy test: --http takes "METHOD /PATH", like "DELETE /admin/users"')
+        http = f"{method.upper()} {path.strip()}"
     spec = next((t for t in cfg.targets if t.name == target), None)
     if spec is None:
         known = ", ".join(t.name for t in cfg.targets) or "none configured"
         raise PolicyUsageError(f'policy test: unknown target "{target}" (targets: {known})')
 
     engine = PolicyEngine(cfg)
-    session = engine.session(protocol=spec.protocol, target=target, identity=name, groups=list(groups))
+    session = engine.session(protocol=spec.protocol, target=target, identity=name, groups=list(groups),
+                             sql_arguments=spec.sql_arguments if spec.mcp else ())
 
     if sql is not None:
         analysis = session.analyze(sql)
@@ -72,9 +92,16 @@ def policy_test(
                 print(f"cannot be analysed: {analysis.undecidable}", file=out)
         if session.mask_rules:
             print(f"results masked by: {', '.join(session.mask_rules)}", file=out)
+    elif tool is not None and arguments is not None:
+        print(_line(session.check_tool_call(tool, arguments), state="", default=engine.default), file=out)
+    elif tool is not None:
+        decision = session.check(Command(protocol=spec.protocol, target=target, kind="tool", text=tool))
+        print(_line(decision, state="", default=engine.default), file=out)
+        if not session.tool_visible(tool):
+            print("tools/list: hidden from this caller", file=out)
     else:
-        kind, text = next((k, v) for k, v in (("exec", command), ("tool", tool), ("file", file),
-                                               ("forward", forward)) if v is not None)
+        kind, text = next((k, v) for k, v in (("exec", command), ("file", file), ("forward", forward),
+                                               ("http", http)) if v is not None)
         decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
         print(_line(decision, state="forward" if kind == "forward" else "", default=engine.default), file=out)
 

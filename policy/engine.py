@@ -17,21 +17,21 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Collection, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from gateway.config import Config, Rule
 from gateway.errors import ConfigError
 from policy.maskrules import MaskRule, MaskSet, compile_mask_rule
-from policy.glob import GlobSet, NameGlobs, PatternSet, Where, command_candidates, pattern_problem, simple_command
+from policy.glob import (REGEX_PREFIX, GlobSet, NameGlobs, PatternSet, Where, command_candidates, pattern_problem,
+                         simple_command)
 from policy.model import ALLOW, Command, Decision
+from policy.toolcall import TooDeep, sql_arguments
 from policy.sql import RESET_PATH, KNOWN_KINDS, search_path_effects, SqlAnalysis, SqlAnalyzer, normalize_kind, verb_of
 
 __all__ = ["PolicyEngine", "SessionPolicy", "CompiledRule"]
 
-# match keys a later version enforces; a rule using one is refused rather than silently inert
-_UNSUPPORTED_KEYS = ("http",)
 # per-session decision caches are cleared when they reach this many entries: the key space is
 # caller-controlled (kind combinations, texts), memory must not be
 _SESSION_CACHE_MAX = 1024
@@ -46,6 +46,8 @@ _BACKSLASH_REFUSED = Decision(
     message="wiregate: cannot analyse statement: standard_conforming_strings is off and the statement "
     "contains a backslash; turn it back on (SET standard_conforming_strings = on)",
 )
+
+_METHOD_GLOB = re.compile(r"[A-Za-z*?\[\]!-]+")
 
 DecidingAction = Literal["allow", "deny", "review"]
 
@@ -70,14 +72,19 @@ class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
     file: PatternSet | None = None
     forward: GlobSet | None = None
     tool: GlobSet | None = None
+    # (argument name globs, value patterns) per `args` entry
+    args: tuple[tuple[GlobSet, PatternSet], ...] = ()
+    http_methods: GlobSet | None = None
+    http_paths: PatternSet | None = None
     tables: NameGlobs | None = None
     functions: NameGlobs | None = None
 
     @property
     def can_match_sql(self) -> bool:
-        # command / file / forward / tool conditions can never hold for a SQL statement
+        # command / file / forward / tool / http conditions can never hold for a SQL statement
         return self.match_all or (self.command is None and self.tool is None and self.file is None
-                                  and self.forward is None)
+                                  and self.forward is None and not self.args and self.http_methods is None
+                                  and self.http_paths is None)
 
     def applies_to(self, target: str, groups: Sequence[str]) -> bool:
         if not self.targets.matches(target):
@@ -102,10 +109,8 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
     if m is None or rule.action == "mask":
         # masking rules shape results, they never decide; only who they apply to matters here
         return CompiledRule(match_all=True, **base)
-    for key in _UNSUPPORTED_KEYS:
-        if getattr(m, key):
-            errors.append(f"{where}.match.{key}: not supported yet")
-    if not (m.sql or m.text or m.command or m.file or m.forward or m.tool or m.tables or m.functions or m.http):
+    if not (m.sql or m.text or m.command or m.file or m.forward or m.tool or m.tables or m.functions or m.http
+            or m.args):
         errors.append(f"{where}.match: empty; leave `match` out to match every command")
     sql: list[str] = []
     for j, entry in enumerate(m.sql):
@@ -133,6 +138,29 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
         if pattern != "agent" and not pattern.startswith(("local ", "remote ")):
             errors.append(f'{where}.match.forward[{j}]: {pattern!r} must be "local HOST:PORT", '
                           '"remote HOST:PORT" or "agent" (globs allowed in HOST and PORT)')
+    for name, patterns in m.args.items():
+        if not name:
+            errors.append(f"{where}.match.args: an empty argument name")
+        if not patterns:
+            errors.append(f"{where}.match.args.{name}: needs at least one value pattern")
+        for j, pattern in enumerate(patterns):
+            problem = pattern_problem(pattern)
+            if problem:
+                errors.append(f"{where}.match.args.{name}[{j}]: {problem}")
+    http = m.http
+    if http is not None:
+        if not (http.method or http.path):
+            errors.append(f"{where}.match.http: set method, path or both")
+        for j, method in enumerate(http.method):
+            if not method or not _METHOD_GLOB.fullmatch(method):
+                errors.append(f"{where}.match.http.method[{j}]: {method!r} is not an HTTP method (or a glob of one)")
+        for j, pattern in enumerate(http.path):
+            problem = pattern_problem(pattern)
+            if problem:
+                errors.append(f"{where}.match.http.path[{j}]: {problem}")
+            elif not pattern.startswith(("/", "*", REGEX_PREFIX)):
+                errors.append(f"{where}.match.http.path[{j}]: {pattern!r} must start with / (paths are matched "
+                              "as the target sees them, without the query string)")
     return CompiledRule(
         match_all=False,
         sql=tuple(sql),
@@ -142,6 +170,9 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
         file=PatternSet(m.file) if m.file and not errors else None,
         forward=GlobSet(m.forward) if m.forward else None,
         tool=GlobSet(m.tool) if m.tool else None,
+        args=tuple((GlobSet([n]), PatternSet(p)) for n, p in m.args.items()) if not errors else (),
+        http_methods=GlobSet([x.upper() for x in http.method]) if http is not None and http.method else None,
+        http_paths=PatternSet(http.path) if http is not None and http.path and not errors else None,
         tables=NameGlobs(m.tables) if m.tables else None,
         functions=NameGlobs(m.functions) if m.functions else None,
         **base,
@@ -166,12 +197,14 @@ class PolicyEngine:
         # pass the previous engine's analyzer on reload to keep its cache warm
         self.analyzer = analyzer if analyzer is not None else SqlAnalyzer()
 
-    def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str]) -> SessionPolicy:
+    def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str],
+                sql_arguments: Sequence[str] = ()) -> SessionPolicy:
+        """``sql_arguments``: MCP tool argument name globs that always hold SQL (the target's)."""
         rules = tuple(r for r in self.rules if r.applies_to(target, groups))
         masks = [self._masks[r.index] for r in self.mask_rules if r.applies_to(target, groups)]
         return SessionPolicy(
             engine=self, protocol=protocol, target=target, identity=identity, groups=tuple(groups), rules=rules,
-            masks=MaskSet(masks, self.mask_key),
+            masks=MaskSet(masks, self.mask_key), sql_arguments=sql_arguments,
         )
 
 
@@ -182,12 +215,13 @@ class SessionPolicy:
         "protocol", "target", "identity", "groups", "rules", "mask_rules", "masks", "default", "inspects_sql",
         "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_name_sensitive",
         "_backslash_unsafe", "_where_table", "_where_function", "search_path", "_initial_path", "_catalog",
-        "_in_txn", "_tracks_path",
+        "_in_txn", "_tracks_path", "_sql_arguments",
     )
 
     def __init__(
         self, *, engine: PolicyEngine, protocol: str, target: str, identity: str,
         groups: tuple[str, ...], rules: tuple[CompiledRule, ...], masks: MaskSet | None = None,
+        sql_arguments: Sequence[str] = (),
     ):
         self.protocol = protocol
         self.target = target
@@ -198,6 +232,7 @@ class SessionPolicy:
         self.masks = masks if masks is not None else MaskSet((), engine.mask_key)
         self.mask_rules = self.masks.names()
         self.default = engine.default
+        self._sql_arguments = GlobSet(sql_arguments)
         self._analyze = engine.analyzer.analyze
         self._sql_rules = tuple(r for r in rules if r.can_match_sql)
         self.inspects_sql = _could_refuse_sql(self._sql_rules, self.default)
@@ -409,6 +444,47 @@ class SessionPolicy:
                                     f"on target \"{self.target}\"")
         return self._default((), noun)
 
+    # -- MCP tool calls -----------------------------------------------------------------------
+    def check_tool_call(self, name: str, args: dict[str, Any]) -> Decision:
+        """A ``tools/call``: the tool and its arguments against the rules, then every argument that
+        holds SQL through ``check_sql``. The strictest outcome wins: deny, then review, then allow
+        (under ``policy.default = "deny"`` both the call and its SQL need an allowing rule)."""
+        decision = self.check(Command(protocol=self.protocol, target=self.target, kind="tool", text=name,
+                                      args=args))
+        if decision.action == "deny":
+            return decision
+        try:
+            found = sql_arguments(args, self._sql_arguments)
+        except TooDeep as exc:
+            return Decision(action="deny", rule=None, message=f"wiregate: cannot analyse tool call: {exc}")
+        for arg in found:
+            if not arg.named and self._analyze(arg.text).error is not None:
+                continue  # read like SQL at first sight, but is not
+            sql = self.check_sql(arg.text)
+            if sql.allowed:
+                continue
+            sql = msgspec.structs.replace(sql, message=f'{sql.message} (tool "{name}", argument "{arg.path}")')
+            if sql.action == "deny":
+                return sql
+            if decision.action == "allow":
+                decision = sql
+        return decision
+
+    def tool_visible(self, name: str) -> bool:
+        """Whether ``tools/list`` shows this tool: some call of it could be allowed (or approved).
+
+        A rule whose ``args`` decide cannot be settled without the arguments: a deny rule of that
+        kind leaves the tool listed (other arguments may pass), an allow or review rule lists it."""
+        command = Command(protocol=self.protocol, target=self.target, kind="tool", text=name)
+        for rule in self.rules:
+            if rule.args:
+                if rule.action != "deny" and _other_hit(msgspec.structs.replace(rule, args=()), command) is not None:
+                    return True
+                continue
+            if _other_hit(rule, command) is not None:
+                return rule.action != "deny"
+        return self.default == "allow"
+
     # -- decisions --------------------------------------------------------------------------
     def _decision(self, rule: CompiledRule, subject: tuple[str, bool], kinds: tuple[str, ...],
                   reason: str | None = None) -> Decision:
@@ -532,9 +608,62 @@ def _other_hit(rule: CompiledRule, command: Command) -> tuple[str, bool] | tuple
         if command.kind != "tool" or not rule.tool.matches(command.text):
             return None
         hit = (f'tool "{command.text}"', False)
+    if rule.args:
+        if command.kind != "tool" or command.args is None:
+            return None
+        found = _args_hit(rule.args, command.args, rule.action == "allow")
+        if found is None:
+            return None
+        if found:
+            hit = (found, False)
+    if rule.http_methods is not None or rule.http_paths is not None:
+        if command.kind != "http":
+            return None
+        method, _, path = command.text.partition(" ")
+        if rule.http_methods is not None and not rule.http_methods.matches(method):
+            return None
+        if rule.http_paths is not None:
+            pattern = rule.http_paths.first_match(path, full=rule.action == "allow")
+            if pattern is None:
+                return None
+            hit = (f'{method} requests to paths matching "{pattern}"', True)
     if rule.text and not any(p.search(command.text) for p in rule.text):
         return None
     return hit
+
+
+def argument_text(value: Any) -> str:
+    """An argument's value as ``args`` patterns see it: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, msgspec.EncodeError):
+        return repr(value)
+
+
+def _args_hit(entries: tuple[tuple[GlobSet, PatternSet], ...], args: dict[str, Any], allow: bool) -> str | None:
+    """Every entry must hold (entries are ANDed, like the other keys of a `match`).
+
+    Deny/review: an entry holds when a value of an argument it names matches one of its patterns;
+    the subject names the first such argument. Allow: an entry holds when it names at least one
+    argument and covers the whole value of each it names; the subject is "".
+    """
+    subject = ""
+    for names, patterns in entries:
+        named = [(k, v) for k, v in args.items() if names.matches(k)]
+        if allow:
+            if not named or any(patterns.first_match(argument_text(v), full=True) is None for _, v in named):
+                return None
+            continue
+        for key, value in named:
+            pattern = patterns.first_match(argument_text(value), full=False)
+            if pattern is not None:
+                subject = subject or f'argument "{key}" matching "{pattern}"'
+                break
+        else:
+            return None
+    return subject
 
 
 def _join(items: tuple[str, ...]) -> str:

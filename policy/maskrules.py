@@ -31,6 +31,8 @@ class MaskRule(msgspec.Struct, frozen=True, kw_only=True):
     # (schema glob or None, table glob, column glob)
     columns: tuple[tuple[str | None, str, str], ...] = ()
     detectors: tuple[str, ...] = ()
+    # JSON key name globs (HTTP and MCP bodies), matched case-insensitively
+    keys: tuple[str, ...] = ()
 
 
 def compile_mask_rule(i: int, rule: Rule, errors: list[str]) -> MaskRule:
@@ -54,7 +56,14 @@ def compile_mask_rule(i: int, rule: Rule, errors: list[str]) -> MaskRule:
             continue
         if canon not in detectors:
             detectors.append(canon)
-    return MaskRule(index=i, name=rule.name, style=rule.style, columns=tuple(columns), detectors=tuple(detectors))
+    keys: list[str] = []
+    for j, glob in enumerate(rule.keys):
+        if not glob or not glob.strip():
+            errors.append(f"{where}.keys[{j}]: must be a key name glob like \"email\" or \"*_token\"")
+        elif glob.lower() not in keys:
+            keys.append(glob.lower())
+    return MaskRule(index=i, name=rule.name, style=rule.style, columns=tuple(columns), detectors=tuple(detectors),
+                    keys=tuple(keys))
 
 
 def _column_regex(columns: Sequence[tuple[str | None, str, str]]) -> re.Pattern[str] | None:
@@ -71,7 +80,8 @@ def _column_regex(columns: Sequence[tuple[str | None, str, str]]) -> re.Pattern[
 class MaskSet:
     """The mask rules of one session, ready to apply."""
 
-    __slots__ = ("rules", "key", "_columns", "detector_passes", "has_columns", "_cache")
+    __slots__ = ("rules", "key", "_columns", "detector_passes", "has_columns", "has_keys", "_keys", "_cache",
+                 "_key_cache")
 
     def __init__(self, rules: Sequence[MaskRule], key: bytes):
         self.rules = tuple(rules)
@@ -81,7 +91,11 @@ class MaskSet:
         self.detector_passes: tuple[tuple[MaskRule, DetectorSet, Masker], ...] = tuple(
             (r, DetectorSet(r.detectors), Masker(r.style, key)) for r in self.rules if r.detectors)
         self.has_columns = bool(self._columns)
+        self._keys = tuple((r, re.compile("|".join(fnmatch.translate(g) for g in r.keys)))
+                           for r in self.rules if r.keys)
+        self.has_keys = bool(self._keys)
         self._cache: dict[tuple[str, str, str], Masker | None] = {}
+        self._key_cache: dict[str, Masker | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -99,6 +113,21 @@ class MaskSet:
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[key] = hit
+        return hit
+
+    def json_key(self, name: str) -> Masker | None:
+        """The masker for values under this JSON object key (the strictest style when several rules
+        name it), or None when no ``keys`` glob matches it."""
+        try:
+            return self._key_cache[name]
+        except KeyError:
+            pass
+        lowered = name.lower()
+        styles = [rule.style for rule, regex in self._keys if regex.match(lowered)]
+        hit = Masker(strictest(styles), self.key) if styles else None
+        if len(self._key_cache) > 4096:
+            self._key_cache.clear()
+        self._key_cache[name] = hit
         return hit
 
     def source(self, name: str) -> Masker | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -14,13 +14,16 @@ class Command(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: "sql" (a statement string, possibly several statements), "function_call"
     (PostgreSQL fastpath call, text names the function), "exec" (SSH command line),
-    "tool" (MCP tools/call), "http" (method and path).
+    "tool" (MCP tools/call, text names the tool, ``args`` holds its arguments; None when
+    unknown, as when deciding whether a tool is listed at all), "http" (text is
+    ``METHOD /path`` with the path normalised and without its query string).
     """
 
     protocol: str
     target: str
     kind: str
     text: str
+    args: dict[str, Any] | None = None
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

@@ -127,8 +127,19 @@ class Seal(_Event, tag=12, kw_only=True):
     signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
 
+class RpcMessage(_Event, tag=13, kw_only=True):
+    """One JSON-RPC message of an MCP session, masked as the other side saw it (or would have)."""
+
+    time: float
+    direction: str  # "in" (caller to target) | "out" (target to caller) | "gateway" (the gateway's own answer)
+    mcp_session: str  # the Mcp-Session-Id it travelled under; "" before the target assigned one
+    method: str | None  # a request's or notification's method; for a response, the method it answers if known
+    id: str | None  # the JSON-RPC id as JSON text ('7', '"a1"'); None for a notification
+    text: str  # the whole message as JSON, masked, cut at the recorder's text limit
+
+
 Event = Union[SessionStart, Command, Result, TermInput, TermOutput, TermResize, HttpExchange,
-              ApprovalRequested, ApprovalDecided, SessionEnd, EventsLost]
+              ApprovalRequested, ApprovalDecided, SessionEnd, EventsLost, RpcMessage]
 Payload = Union[Event, Seal]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
 
@@ -145,6 +156,7 @@ KIND_NAMES: dict[type, str] = {
     ApprovalDecided: "approval_decided",
     SessionEnd: "session_end",
     EventsLost: "events_lost",
+    RpcMessage: "rpc_message",
     Seal: "seal",
 }
 KNOWN_TAGS: frozenset[int] = frozenset(t.__struct_config__.tag for t in KIND_NAMES)

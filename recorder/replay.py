@@ -30,6 +30,7 @@ from recorder.events import (
     EventsLost,
     HttpExchange,
     Result,
+    RpcMessage,
     SessionEnd,
     SessionStart,
     TermInput,
@@ -118,6 +119,8 @@ def transcript(events: Sequence[object]) -> Iterator[tuple[float, str]]:
                 yield event.time, (f"{visible(event.method)} {visible(event.path)} -> {event.status}  "
                                    f"({format_size(event.bytes_in)} in, {format_size(event.bytes_out)} out, "
                                    f"{event.duration_ms:.1f} ms)\n")
+            case RpcMessage():
+                yield event.time, rpc_line(event)
             case ApprovalRequested():
                 approvers = visible(", ".join(event.approvers)) or "nobody named"
                 yield event.time, (f"{comment}approval {visible(event.request_id)} requested from {approvers} "
@@ -132,6 +135,23 @@ def transcript(events: Sequence[object]) -> Iterator[tuple[float, str]]:
                 yield event.time, f"{comment}{event.count} events not recorded here: {visible(event.reason)}\n"
             case SessionEnd():
                 yield event.time, f"{comment}{describe_end(event, start)}\n"
+
+
+_RPC_ARROWS = {"in": "->", "out": "<-", "gateway": "<-"}
+
+
+def rpc_line(msg: RpcMessage) -> str:
+    """``-> tools/call #3 {...}`` for what the caller sent, ``<- #3 {...}`` for the answer; an answer the
+    gateway gave itself (a refusal) says so, so a reader sees the target was never asked."""
+    arrow = _RPC_ARROWS.get(msg.direction, visible(msg.direction))
+    parts = [f"{arrow} mcp"]
+    if msg.method:
+        parts.append(visible(msg.method))
+    if msg.id is not None:
+        parts.append(f"#{visible(msg.id)}")
+    if msg.direction == "gateway":
+        parts.append("(answered by the gateway)")
+    return " ".join(parts) + "  " + visible(msg.text) + "\n"
 
 
 def _command_line(cmd: Command, *, sql: bool, prompt: str, continuation: str) -> str:

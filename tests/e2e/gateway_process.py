@@ -19,15 +19,20 @@ class GatewayProcess:
     def __init__(self, workdir: Path, *, targets: list[dict], rules: list[dict] | None = None,
                  users: list[dict] | None = None, env: dict[str, str] | None = None,
                  policy_default: str = "allow", identity: dict | None = None, extra: dict | None = None,
-                 ssh: bool = False) -> None:
+                 ssh: bool = False, http: bool = False, postgres: bool = True) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.host = "127.0.0.1"
         # listen.ssh too, on its own port
         self.ssh_port = free_port() if ssh else None
-        listen = {"postgres": f"{self.host}:{self.port}"}
+        self.serves_postgres = postgres
+        # listen.http too, on its own port
+        self.http_port = free_port() if http else None
+        listen = {"postgres": f"{self.host}:{self.port}"} if postgres else {}
         if ssh:
             listen["ssh"] = f"{self.host}:{self.ssh_port}"
+        if http:
+            listen["http"] = f"{self.host}:{self.http_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         ident = {"dev_tokens": True}
         ident.update(identity or {})
@@ -54,7 +59,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                for port in (self.port, self.ssh_port):
+                for port in (self.port if self.serves_postgres else None, self.ssh_port, self.http_port):
                     if port is not None:
                         socket.create_connection((self.host, port), timeout=0.5).close()
                 return self
@@ -74,6 +79,10 @@ class GatewayProcess:
     def dsn(self, user: str, token: str, target: str, sslmode: str = "require", **params: str) -> str:
         extra = "".join(f"&{k}={v}" for k, v in params.items())
         return f"postgresql://{user}:{token}@{self.host}:{self.port}/{target}?sslmode={sslmode}{extra}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

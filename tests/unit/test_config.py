@@ -525,7 +525,7 @@ def test_rule_action_specific_keys(tmp_path):
         approvers = ["dba"]
     """)
     assert_error(errors, "rules[0].approvers: a review rule needs approvers")
-    assert_error(errors, "rules[1]: a mask rule needs columns or detectors")
+    assert_error(errors, "rules[1]: a mask rule needs columns, keys or detectors")
     assert_error(errors, "rules[2].columns: only used by mask rules, this rule is deny")
     assert_error(errors, "rules[3].detectors: only used by mask rules, this rule is allow")
     assert_error(errors, "rules[4].columns: only used by mask rules, this rule is review")

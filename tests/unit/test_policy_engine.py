@@ -376,10 +376,122 @@ def test_decisions_are_cached_per_session() -> None:
 
 # ---- configuration errors -------------------------------------------------------------------
 
-def test_unsupported_match_keys_are_rejected() -> None:
+def test_http_match_method_and_path() -> None:
+    s = session(config(
+        rule("no-admin-writes", match={"http": HttpMatch(method=["delete", "P*"], path=["/admin/*"])}),
+        rule("no-debug", match={"http": HttpMatch(path=["re:^/debug(/|$)"])}),
+    ), target="api", protocol="http")
+
+    def http(text: str) -> Decision:
+        return s.check(Command(protocol="http", target="api", kind="http", text=text))
+
+    d = http("DELETE /admin/users/1")
+    assert d.action == "deny" and d.message == (
+        'wiregate: blocked by rule "no-admin-writes": DELETE requests to paths matching "/admin/*" '
+        'are not allowed on target "api"')
+    assert http("PATCH /admin/x").rule == "no-admin-writes"
+    assert http("GET /admin/x").allowed  # method does not match
+    assert http("DELETE /administrator").allowed  # path glob does not match
+    assert http("GET /debug").rule == "no-debug" and http("GET /debug/pprof").rule == "no-debug"
+    assert http("GET /debugger").allowed
+    # http conditions never hold for other kinds, and never for SQL
+    assert s.check(Command(protocol="http", target="api", kind="tool", text="/admin/x")).allowed
+    assert s.check_sql("SELECT 1").allowed
+
+
+def test_http_allow_rule_needs_the_whole_path() -> None:
+    s = session(config(rule("reads", "allow", match={"http": HttpMatch(method=["GET"], path=["re:/v1/[a-z]+"])}),
+                       default="deny"), target="api", protocol="http")
+    ok = s.check(Command(protocol="http", target="api", kind="http", text="GET /v1/users"))
+    assert ok.allowed and ok.rule == "reads"
+    # an allow regex must match all of the path, not a part of it
+    assert not s.check(Command(protocol="http", target="api", kind="http", text="GET /v1/users/../../x")).allowed
+    assert not s.check(Command(protocol="http", target="api", kind="http", text="POST /v1/users")).allowed
+
+
+def test_bad_http_and_args_entries_are_rejected() -> None:
     with pytest.raises(ConfigError) as exc:
-        PolicyEngine(config(rule("ok"), rule("x", match={"http": HttpMatch(method=["DELETE"])})))
-    assert exc.value.errors == ["rules[1].match.http: not supported yet"]
+        PolicyEngine(config(
+            rule("a", match={"http": HttpMatch()}),
+            rule("b", match={"http": HttpMatch(method=["GET /x"], path=["admin", "re:("])}),
+            rule("c", match={"args": {"sql": []}}),
+        ))
+    assert exc.value.errors[0] == "rules[0].match.http: set method, path or both"
+    assert exc.value.errors[1] == "rules[1].match.http.method[0]: 'GET /x' is not an HTTP method (or a glob of one)"
+    assert exc.value.errors[2].startswith("rules[1].match.http.path[0]: 'admin' must start with /")
+    assert exc.value.errors[3].startswith("rules[1].match.http.path[1]: invalid regular expression")
+    assert exc.value.errors[4] == "rules[2].match.args.sql: needs at least one value pattern"
+
+
+def tool_session(*rules: Rule, default: str = "allow") -> SessionPolicy:
+    return PolicyEngine(config(*rules, default=default)).session(
+        protocol="http", target="tools", identity="alice", groups=["dev"], sql_arguments=["sql", "*_sql"])
+
+
+def test_tool_arguments_deny_and_allow() -> None:
+    s = tool_session(
+        rule("no-rm", match={"tool": ["run_*"], "args": {"command": ["rm *", "re:shutdown"], "host": ["prod*"]}}),
+        rule("safe-reads", "allow", match={"tool": ["read_file"], "args": {"path": ["/srv/*"]}}),
+        rule("no-read", match={"tool": ["read_file"]}),
+    )
+    d = s.check_tool_call("run_command", {"command": "rm -rf /", "host": "prod-1"})
+    assert d.rule == "no-rm" and 'argument "command" matching "rm *"' in d.message
+    # entries are ANDed: both arguments must match
+    assert s.check_tool_call("run_command", {"command": "rm -rf /", "host": "staging"}).allowed
+    assert s.check_tool_call("run_command", {"command": "sudo shutdown -h", "host": "prod-2"}).rule == "no-rm"
+    assert s.check_tool_call("run_command", {"host": "prod-2"}).allowed  # an absent argument matches nothing
+    assert s.check_tool_call("read_file", {"path": "/srv/app.log"}).rule == "safe-reads"
+    assert s.check_tool_call("read_file", {"path": "/etc/shadow"}).rule == "no-read"
+    assert s.check_tool_call("read_file", {}).rule == "no-read"  # an allow entry needs its argument
+    # non-string values are matched as compact JSON
+    s = tool_session(rule("big-ids", match={"args": {"ids": ["re:\\b1000\\b"]}}))
+    assert s.check_tool_call("delete", {"ids": [7, 1000]}).rule == "big-ids"
+    assert s.check_tool_call("delete", {"ids": [7, 10000]}).allowed
+
+
+def test_sql_in_tool_arguments() -> None:
+    s = tool_session(rule("no-drop", match={"sql": ["DROP", "TRUNCATE"]}),
+                     rule("review-ddl", "review", match={"sql": ["ALTER"]}, approvers=["dba"]))
+    d = s.check_tool_call("query", {"sql": "SELECT 1; DROP TABLE users"})
+    assert d.rule == "no-drop" and d.message.endswith('(tool "query", argument "sql")')
+    assert s.check_tool_call("query", {"sql": "SELECT * FROM users"}).allowed
+    # named SQL arguments must parse; other strings are SQL only when they parse
+    assert s.check_tool_call("query", {"sql": "SELEKT 1"}).sqlstate == "42601"
+    assert s.check_tool_call("note", {"text": "select the best option"}).allowed
+    assert s.check_tool_call("note", {"text": "truncate table audit"}).rule == "no-drop"
+    assert s.check_tool_call("batch", {"steps": [{"run_sql": "ALTER TABLE t ADD c int"}]}).action == "review"
+    # deny wins over review whatever the order
+    d = s.check_tool_call("batch", {"a_sql": "ALTER TABLE t ADD c int", "b_sql": "DROP TABLE t"})
+    assert d.action == "deny"
+    nested: dict = {"sql": "SELECT 1"}
+    for _ in range(40):
+        nested = {"x": nested}
+    assert s.check_tool_call("deep", nested).message == (
+        "wiregate: cannot analyse tool call: the arguments are nested more than 32 levels deep")
+
+
+def test_default_deny_needs_the_tool_and_its_sql_allowed() -> None:
+    s = tool_session(rule("query-tool", "allow", match={"tool": ["query"]}),
+                     rule("reads", "allow", match={"sql": ["SELECT"]}), default="deny")
+    assert s.check_tool_call("query", {"sql": "SELECT 1"}).allowed
+    assert not s.check_tool_call("query", {"sql": "UPDATE t SET a = 1"}).allowed
+    assert not s.check_tool_call("other", {"sql": "SELECT 1"}).allowed
+
+
+def test_tools_list_visibility() -> None:
+    s = tool_session(
+        rule("no-delete", match={"tool": ["delete_*"]}),
+        rule("no-rm", match={"tool": ["run_command"], "args": {"command": ["rm *"]}}),
+        rule("admin-only", match={"tool": ["admin_*"]}, except_groups=["dev"]),
+        rule("review-deploy", "review", match={"tool": ["deploy"]}, approvers=["sre"]),
+        rule("reads", "allow", match={"tool": ["get_*"]}),
+    )
+    visible = {n: s.tool_visible(n) for n in ("delete_user", "run_command", "admin_reset", "deploy", "get_x", "other")}
+    assert visible == {"delete_user": False, "run_command": True, "admin_reset": True, "deploy": True,
+                       "get_x": True, "other": True}
+    s = tool_session(rule("reads", "allow", match={"tool": ["get_*"]}),
+                     rule("q", "allow", match={"tool": ["query"], "args": {"sql": ["SELECT *"]}}), default="deny")
+    assert [n for n in ("get_x", "query", "other") if s.tool_visible(n)] == ["get_x", "query"]
 
 
 def test_other_rule_errors_are_collected() -> None:

@@ -24,6 +24,7 @@ from recorder.events import (
     EventsLost,
     HttpExchange,
     Result,
+    RpcMessage,
     Seal,
     SessionEnd,
     SessionStart,
@@ -77,6 +78,8 @@ EVERY_KIND = [
                       text="DELETE FROM orders WHERE id = '***'"),
     ApprovalDecided(time=1_700_000_006.0, request_id="apr-1", decision="approve", by="bob", reason="ticket 42"),
     EventsLost(time=1_700_000_007.0, count=3, reason="the recorder's queue was full"),
+    RpcMessage(time=1_700_000_008.0, direction="in", mcp_session="4f2a", method="tools/call", id="7",
+               text='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"query"}}'),
     end(commands=2),
 ]
 
