@@ -26,6 +26,7 @@ MCP_SERVER_PACKAGE := @modelcontextprotocol/server-postgres@0.6.2
 have_postgresql        = compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
 have_postgresql-client = command -v psql >/dev/null
 have_pgbouncer         = command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer
+have_wrk               = command -v wrk >/dev/null
 have_python3-venv      = $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1
 have_nodejs            = command -v node >/dev/null
 have_npm               = command -v npm >/dev/null
@@ -74,7 +75,7 @@ sysdeps-test:
 	$(call apt_ensure,postgresql postgresql-client nodejs npm openssh-server openssh-client rsync asciinema)
 
 sysdeps-bench:
-	$(call apt_ensure,postgresql postgresql-client pgbouncer openssh-server openssh-client)
+	$(call apt_ensure,postgresql postgresql-client pgbouncer openssh-server openssh-client wrk)
 
 # The virtualenv; Debian needs python3-venv for `python3 -m venv`.
 $(PY):

@@ -1,10 +1,11 @@
-"""Side-by-side benchmarks: PostgreSQL direct vs PgBouncer vs wiregate, SSH direct vs wiregate.
+"""Side-by-side benchmarks: PostgreSQL direct vs PgBouncer vs wiregate, SSH and HTTP direct vs wiregate.
 
     python -m benchmarks.run            # full: 3 rounds, 10 s per pgbench run, pgbench scale 10
     python -m benchmarks.run --short    # CI: 1 round, 2 s per pgbench run, scale 2
 
 The SSH part (``benchmarks/ssh.py``, its own docstring says what it measures)
-runs after PostgreSQL and its proxies are stopped, so they do not share the CPUs.
+runs after PostgreSQL and its proxies are stopped, so they do not share the CPUs;
+the HTTP part (``benchmarks/http.py``) runs after the SSH part, likewise.
 
 One run starts a throwaway PostgreSQL (scram-sha-256), PgBouncer in session
 mode in front of it, and four ``wiregate serve`` processes in front of it:
@@ -21,9 +22,9 @@ noise hits all systems alike:
 * in-process: the cost of a cached and of an uncached policy check
 
 Results go to ``benchmarks/results/<UTC timestamp>.md`` and ``.json`` and to
-``latest.md`` / ``latest.json`` (the SSH figures in their "SSH" section and
-``ssh`` key). Exit status 1 when a system could not be measured (its column then
-says why).
+``latest.md`` / ``latest.json`` (the SSH and HTTP figures in their "SSH" and
+"HTTP" sections and ``ssh`` and ``http`` keys). Exit status 1 when a system
+could not be measured (its column then says why).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.http import HttpReport, render_http_markdown, run_http_benchmark
 from benchmarks.report import fmt as _fmt
 from benchmarks.ssh import SshReport, render_ssh_markdown, run_ssh_benchmark
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
@@ -410,7 +412,8 @@ def _git_describe() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true",
-                    help="CI mode: 1 round, 2 s per pgbench run, scale 2; SSH: fewer runs, a 16 MiB scp file")
+                    help="CI mode: 1 round, 2 s per pgbench run, scale 2; SSH: fewer runs, a 16 MiB scp file; "
+                         "HTTP: 1 round of 3 s wrk runs")
     ap.add_argument("--rounds", type=int, help="rounds (default 3, short 1)")
     ap.add_argument("--seconds", type=int, help="seconds per pgbench run (default 10, short 2)")
     ap.add_argument("--scale", type=int, help="pgbench scale factor (default 10, short 2; at least 2)")
@@ -536,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         ssh_report: SshReport = run_ssh_benchmark(short=args.short, say=say)
+        http_report: HttpReport = run_http_benchmark(short=args.short, say=say)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -555,17 +559,19 @@ def main(argv: list[str] | None = None) -> int:
         "large_bytes": large_bytes, "large_rows": large_rows,
         "duration_s": round(time.monotonic() - t_start, 1),
     }
-    md = render_markdown(meta, summary, errors) + "\n" + "\n".join(render_ssh_markdown(ssh_report)) + "\n"
+    md = (render_markdown(meta, summary, errors) + "\n" + "\n".join(render_ssh_markdown(ssh_report)) + "\n\n"
+          + "\n".join(render_http_markdown(http_report)) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    data = {"meta": meta, "summary": summary, "samples": samples, "errors": errors, "ssh": ssh_report.to_json()}
+    data = {"meta": meta, "summary": summary, "samples": samples, "errors": errors, "ssh": ssh_report.to_json(),
+            "http": http_report.to_json()}
     for name in (f"{stamp}.json", "latest.json"):
         (args.out / name).write_text(json.dumps(data, indent=2) + "\n")
     for name in (f"{stamp}.md", "latest.md"):
         (args.out / name).write_text(md)
     print(md)
     say(f"done; wrote {args.out / (stamp + '.md')} and .json")
-    return 1 if errors or ssh_report.errors else 0
+    return 1 if errors or ssh_report.errors or http_report.errors else 0
 
 
 if __name__ == "__main__":

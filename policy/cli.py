@@ -22,6 +22,7 @@ from gateway.errors import WiregateError
 from policy.engine import PolicyEngine
 from policy.glob import GlobSet
 from policy.model import Command, Decision
+from protocols.http.paths import BadPath, normalize_path, split_target
 
 
 class PolicyUsageError(WiregateError):
@@ -64,7 +65,12 @@ def policy_test(
         method, _, path = http.strip().partition(" ")
         if not method or not path.strip().startswith("/"):
             raise PolicyUsageError('policy test: --http takes "METHOD /PATH", like "DELETE /admin/users"')
-        http = f"{method.upper()} {path.strip()}"
+        try:
+            # decided on the path as the gateway forwards it: normalised, without the query string
+            path = normalize_path(split_target(path.strip())[0])
+        except BadPath as exc:
+            raise PolicyUsageError(f"policy test: --http: {exc}") from None
+        http = f"{method.upper()} {path}"
     spec = next((t for t in cfg.targets if t.name == target), None)
     if spec is None:
         known = ", ".join(t.name for t in cfg.targets) or "none configured"
@@ -99,9 +105,14 @@ def policy_test(
         print(_line(decision, state="", default=engine.default), file=out)
         if not session.tool_visible(tool):
             print("tools/list: hidden from this caller", file=out)
+    elif http is not None:
+        method, _, path = http.partition(" ")
+        decision = session.check_http(method, path, mcp=spec.mcp)
+        state = "transport" if spec.mcp and decision.rule is None else ""
+        print(_line(decision, state=state, default=engine.default), file=out)
     else:
-        kind, text = next((k, v) for k, v in (("exec", command), ("file", file), ("forward", forward),
-                                               ("http", http)) if v is not None)
+        kind, text = next((k, v) for k, v in (("exec", command), ("file", file), ("forward", forward))
+                          if v is not None)
         decision = session.check(Command(protocol=spec.protocol, target=target, kind=kind, text=text or ""))
         print(_line(decision, state="forward" if kind == "forward" else "", default=engine.default), file=out)
 
@@ -124,6 +135,8 @@ def _line(decision: Decision, *, state: str, default: str) -> str:
         who = "(statement does not parse; refused)" if decision.action == "deny" else "(statement does not parse; no rule here inspects SQL)"
     elif state == "empty":
         who = "(empty statement: nothing to run)"
+    elif state == "transport":
+        who = "(no rule matched; on an MCP target policy.default decides the tool calls, not the transport)"
     elif state == "forward":
         who = "(no rule allows it: forwarding is refused whatever the default)"
     else:

@@ -444,6 +444,15 @@ class SessionPolicy:
                                     f"on target \"{self.target}\"")
         return self._default((), noun)
 
+    # -- HTTP requests --------------------------------------------------------------------------
+    def check_http(self, method: str, path: str, *, mcp: bool = False) -> Decision:
+        """An HTTP request (``path`` normalised, without its query). On an MCP target the request is
+        the transport of tool calls: only a rule decides it, and ``policy.default`` is left to the
+        tool calls it carries (``check_tool_call``)."""
+        decision = self.check(Command(protocol=self.protocol, target=self.target, kind="http",
+                                      text=f"{method} {path}"))
+        return ALLOW if mcp and decision.rule is None else decision
+
     # -- MCP tool calls -----------------------------------------------------------------------
     def check_tool_call(self, name: str, args: dict[str, Any]) -> Decision:
         """A ``tools/call``: the tool and its arguments against the rules, then every argument that

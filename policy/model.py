@@ -46,6 +46,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ALLOW = Decision(action="allow")
+# what an allowed command becomes when its record cannot be kept (on_record_failure = "refuse")
+UNRECORDABLE = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
 
 
 def review_refusal(decision: Decision, what: str) -> str:

@@ -29,7 +29,7 @@ from gateway.config import Config, Target, parse_duration
 from gateway.identity import AuthError, Authenticator, Identity, groups_match
 from gateway.secrets import target_credential
 from policy.engine import PolicyEngine
-from policy.model import ALLOW, Command, review_refusal
+from policy.model import review_refusal
 from protocols.http import codec
 from protocols.http.bodymask import BodyTooDeep, media_type
 from protocols.http.codec import END, BodyChunk, HttpError, InterimHead, RequestHead, ResponseHead
@@ -82,6 +82,7 @@ class HttpListener:
         self.body_timeout = parse_duration(limits.body_timeout)
         self.upstream_timeout = parse_duration(limits.upstream_timeout)
         self.max_connections = limits.max_connections
+        self.refuse_unrecorded = cfg.recording.on_record_failure == "refuse"
         self.upstreams = {
             name: Upstream(name, t.url or "", connect_timeout=parse_duration(limits.connect_timeout),
                            tls_ca_file=t.tls_ca_file)
@@ -167,6 +168,14 @@ class _ClientConnection:
         # the connection may stay open after the current response
         self._keep = True
         self._auth_error = ""
+        # bytes the caller sent while a response was streaming (see _watch_caller), not parsed yet
+        self._early: bytes | None = None
+        # a response head not written yet (see _hold_head)
+        self._held: bytes | None = None
+        # request body bytes streamed to the target for the current request
+        self._streamed_in = 0
+        # the last Authorization value seen on this connection and whom it proved
+        self._last_auth: tuple[bytes, Identity] | None = None
 
     # -- the connection's life ------------------------------------------------------------
     async def run(self) -> None:
@@ -182,8 +191,8 @@ class _ClientConnection:
         except HttpError as exc:
             reason = exc.reason
             if not self.responding:
-                await self._refuse(exc.status, "bad_request" if exc.status < 500 else "bad_gateway",
-                                   f"wiregate: {exc.reason}", keep=False)
+                await self._refuse(exc.status, _ERRORS.get(exc.status, "bad_request"), f"wiregate: {exc.reason}",
+                                   keep=False)
         except TimeoutError:
             reason = "the caller was too slow"
             if not self.responding:
@@ -205,7 +214,10 @@ class _ClientConnection:
             self.writer.close()
 
     async def _read(self) -> bytes:
-        data = await self.reader.read(READ_SIZE)
+        if self._early is not None:
+            data, self._early = self._early, None
+        else:
+            data = await self.reader.read(READ_SIZE)
         if data:
             self.events.extend(self.parser.feed(data))
         else:
@@ -302,14 +314,17 @@ class _ClientConnection:
                 raise _Close() from None
             shown = f"{target_path}?{query}" if query else target_path
             log.warning("http target %s: %s", name, exc.message)
-            return await self._refuse(exc.status, "bad_gateway", f"wiregate: {exc.message}", head=head,
-                                      session=session, started=started, shown=shown, body_done=True)
+            return await self._refuse(exc.status, _ERRORS.get(exc.status, "bad_gateway"), f"wiregate: {exc.message}",
+                                      head=head, session=session, started=started, shown=shown, body_done=True)
         finally:
             session.active -= 1
             session.last_used = time.monotonic()
 
     async def _identify(self, head: RequestHead) -> Identity | None:
         value = codec.header(head.headers, b"authorization")
+        last = self._last_auth
+        if last is not None and last[0] == value and (last[1].expires_at is None or last[1].expires_at > time.time()):
+            return last[1]
         if value is None:
             self._auth_error = "no bearer token: send Authorization: Bearer TOKEN"
             return None
@@ -318,10 +333,12 @@ class _ClientConnection:
             self._auth_error = "send the token as Authorization: Bearer TOKEN"
             return None
         try:
-            return await self.l.authenticator.authenticate(token.strip())
+            identity = await self.l.authenticator.authenticate(token.strip())
         except AuthError as exc:
             self._auth_error = str(exc)
             return None
+        self._last_auth = (value, identity)
+        return identity
 
     async def _unauthorized(self, head: RequestHead) -> bool:
         message = f"wiregate: {self._auth_error}"
@@ -337,14 +354,15 @@ class _ClientConnection:
             if session is not None:
                 return session if session.identity.name == identity.name else None
             session = HttpSession(engine=l.policy, recorder=l.recorder, identity=identity, target=target,
-                                  client=self.client, tls=False, mcp_session_id=key[1])
+                                  client=self.client, tls=False, mcp_session_id=key[1],
+                                  refuse_unrecorded=l.refuse_unrecorded)
             l.mcp_sessions[key] = session
             return session
         key = (identity.name, target.name)
         session = self.sessions.get(key)
         if session is None:
             session = HttpSession(engine=l.policy, recorder=l.recorder, identity=identity, target=target,
-                                  client=self.client, tls=False)
+                                  client=self.client, tls=False, refuse_unrecorded=l.refuse_unrecorded)
             self.sessions[key] = session
         return session
 
@@ -352,10 +370,7 @@ class _ClientConnection:
                      query: str, by_path: bool, started: float) -> bool:
         l = self.l
         shown = f"{target_path}?{query}" if query else target_path
-        decision = session.policy.check(Command(protocol="http", target=target.name, kind="http",
-                                                text=f"{head.method} {target_path}"))
-        if target.mcp and decision.rule is None:
-            decision = ALLOW  # on an MCP target the default decides tool calls, not the transport
+        decision = session.policy.check_http(head.method, target_path, mcp=target.mcp)
         if not session.record_request(f"{head.method} {shown}", decision) and decision.allowed:
             return await self._refuse(503, "unrecordable", "wiregate: the request cannot be recorded, so it is "
                                       "not sent", head=head, session=session, started=started, shown=shown)
@@ -364,6 +379,7 @@ class _ClientConnection:
             return await self._refuse(403, "forbidden", message, head=head, rule=decision.rule, session=session,
                                       started=started, shown=shown)
 
+        self._streamed_in = 0
         mcp_post = session.mcp is not None and head.method == "POST"
         body: bytes | None = None
         if head.body == "none":
@@ -406,15 +422,15 @@ class _ClientConnection:
             conn, resp = await self._send_upstream(upstream, head, request, body)
         except UpstreamError as exc:
             log.warning("http target %s: %s", target.name, exc.message)
-            return await self._refuse(exc.status, "bad_gateway" if exc.status == 502 else "gateway_timeout",
-                                      f"wiregate: {exc.message}", head=head, session=session, started=started,
+            return await self._refuse(exc.status, _ERRORS.get(exc.status, "bad_gateway"), f"wiregate: {exc.message}", head=head, session=session, started=started,
                                       shown=shown, body_done=body is not None)
         try:
             sent, status = await self._respond(head, resp, conn, session, target, upstream, by_path)
         except BaseException:
             conn.close()
             raise
-        session.record_exchange(head.method, shown, status, head.content_length or len(body or b""), sent, started)
+        session.record_exchange(head.method, shown, status, len(body) if body is not None else self._streamed_in,
+                                sent, started)
         if target.mcp and head.method == "DELETE" and 200 <= status < 300:
             self._end_mcp(target, head, "the caller ended the MCP session")
         return head.keep_alive and self._keep
@@ -502,6 +518,7 @@ class _ClientConnection:
                 if chunked:
                     conn.writer.write(codec.LAST_CHUNK)
                 break
+            self._streamed_in += len(event.data)
             conn.writer.write(codec.chunk(event.data) if chunked else event.data)
             if conn.writer.transport.get_write_buffer_size() > HIGH_WATER:
                 await conn.writer.drain()
@@ -564,8 +581,8 @@ class _ClientConnection:
             if out is None:
                 raise _Refusal(502, "the target's response could not be read to be masked "
                                     f"(not valid {media or 'text'})")
-            self._write_head(resp.status, resp.reason, headers + [(b"Content-Length", str(len(out)).encode())], head)
-            self.writer.write(out)
+            self._write_head(resp.status, resp.reason, headers + [(b"Content-Length", str(len(out)).encode())], head,
+                             out)
             await self.writer.drain()
             self._finish_upstream(conn, resp, upstream)
             return len(out), resp.status
@@ -590,36 +607,72 @@ class _ClientConnection:
             headers.append((b"Content-Length", str(resp.content_length).encode()))
         else:
             self._keep = False  # an HTTP/1.0 caller learns where the body ends from the close
-        self._write_head(resp.status, resp.reason, headers, head)
+        self._hold_head(resp.status, resp.reason, headers, head)
+        if transform_sse or resp.body != "length":
+            self._emit(b"")  # a stream's caller sees the head at once, not with the first event
         sent = 0
         splitter = SseSplitter() if transform_sse else None
-        async for data in self._upstream_chunks(conn, resp):
-            if splitter is not None:
-                data = b"".join(self._sse_event(session, e) for e in splitter.feed(data))
-                if not data:
-                    continue
-            sent += len(data)
-            self.writer.write(codec.chunk(data) if chunked_out else data)
-            await self._drain()
+        # a body that has all arrived already cannot leave the caller waiting: no watch needed
+        watcher = None if any(e is END for e in conn.events) else \
+            asyncio.ensure_future(self._watch_caller(conn))
+        try:
+            async for data in self._upstream_chunks(conn, resp):
+                if splitter is not None:
+                    data = b"".join(self._sse_event(session, e) for e in splitter.feed(data))
+                    if not data:
+                        continue
+                sent += len(data)
+                self._emit(codec.chunk(data) if chunked_out else data)
+                await self._drain()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if splitter is not None:
             tail = splitter.flush()
             if tail:
                 tail = masker.mask_text(tail.decode("utf-8", "replace")).encode()
                 sent += len(tail)
-                self.writer.write(codec.chunk(tail) if chunked_out else tail)
-        if chunked_out:
-            self.writer.write(codec.LAST_CHUNK)
+                self._emit(codec.chunk(tail) if chunked_out else tail)
+        self._emit(codec.LAST_CHUNK if chunked_out else b"")
         await self.writer.drain()
         self._finish_upstream(conn, resp, upstream)
         return sent, resp.status
 
-    def _write_head(self, status: int, reason: str, headers: codec.Headers, head: RequestHead) -> None:
+    async def _watch_caller(self, conn: UpstreamConn) -> None:
+        """While a response streams (an SSE feed may stay quiet for hours), notice a caller that
+        went away and stop reading the target for it. Bytes that arrive instead (a pipelined
+        request) are kept for ``_read``."""
+        with contextlib.suppress(Exception):
+            if self.events or self._early is not None:
+                return
+            data = await self.reader.read(READ_SIZE)
+            if data:
+                self._early = data
+            else:
+                conn.close()  # the relay then ends on the target's side
+
+    def _write_head(self, status: int, reason: str, headers: codec.Headers, head: RequestHead,
+                    body: bytes = b"") -> None:
+        self._hold_head(status, reason, headers, head)
+        self._emit(body)
+
+    def _hold_head(self, status: int, reason: str, headers: codec.Headers, head: RequestHead) -> None:
+        """The response head, kept until ``_emit`` sends it with the first body bytes (one write, one
+        system call, for the common small response)."""
         if head.version == "1.0" and head.keep_alive and self._keep:
             headers = headers + [(b"Connection", b"keep-alive")]
         elif not head.keep_alive or not self._keep:
             headers = headers + [(b"Connection", b"close")]
-        self.writer.write(codec.response_head(status, reason, headers, version="1.1"))
+        self._held = codec.response_head(status, reason, headers, version="1.1")
         self.responding = True
+
+    def _emit(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.writer.write(held + data)
+        elif data:
+            self.writer.write(data)
 
     async def _drain(self) -> None:
         if self.writer.transport.get_write_buffer_size() > HIGH_WATER:
@@ -657,13 +710,17 @@ class _ClientConnection:
                                 "to mask it")
         parts: list[bytes] = []
         size = 0
-        async with asyncio.timeout(self.l.upstream_timeout):
-            async for data in self._upstream_chunks(conn, resp):
-                size += len(data)
-                if size > limit:
-                    raise _Refusal(502, f"the target's response is larger than the {limit} bytes the gateway "
-                                        "reads to mask it")
-                parts.append(data)
+        try:
+            async with asyncio.timeout(self.l.upstream_timeout):
+                async for data in self._upstream_chunks(conn, resp):
+                    size += len(data)
+                    if size > limit:
+                        raise _Refusal(502, f"the target's response is larger than the {limit} bytes the gateway "
+                                            "reads to mask it")
+                    parts.append(data)
+        except TimeoutError:
+            raise _Refusal(504, f"the target did not send the whole body to mask within "
+                                f"{self.l.upstream_timeout:g}s") from None
         return b"".join(parts)
 
     def _transform(self, session: HttpSession, ctype: bytes | None, body: bytes) -> bytes | None:
@@ -763,8 +820,7 @@ class _ClientConnection:
     async def _send(self, status: int, headers: codec.Headers, body: bytes, head: RequestHead) -> None:
         self._keep = True
         self._write_head(status, codec.reason_phrase(status), headers + [(b"Content-Length", str(len(body)).encode())],
-                         head)
-        self.writer.write(body)
+                         head, body)
         await self.writer.drain()
 
     async def _refuse(self, status: int, error: str, message: str, *, head: RequestHead | None = None,
@@ -809,6 +865,11 @@ class _ClientConnection:
                     got += len(data)
 
 
+# the "error" member of the gateway's own JSON answers, by status
+_ERRORS = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large", 431: "headers_too_large",
+           501: "not_implemented", 502: "bad_gateway", 504: "gateway_timeout", 505: "http_version_not_supported"}
+
+
 class _UpstreamClosed(ConnectionError):
     """The target closed a connection before sending a byte of its answer."""
 
@@ -846,8 +907,10 @@ def _relocate(value: bytes, upstream: Upstream, target: str) -> bytes:
         text = text[len(upstream.origin):] or "/"
     elif not text.startswith("/") or text.startswith("//"):
         return value  # another site, or relative to the current path: right as it is
-    if upstream.base_path and text.startswith(upstream.base_path):
-        text = text[len(upstream.base_path):] or "/"
+    base = upstream.base_path
+    if base and (text == base or text.startswith((base + "/", base + "?"))):
+        text = text[len(base):]
+        text = text if text.startswith("/") else "/" + text
     return f"/{target}{text}".encode("latin-1")
 
 

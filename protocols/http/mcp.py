@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policy.engine import SessionPolicy
-from policy.model import Decision, review_refusal
+from policy.model import UNRECORDABLE, Decision, review_refusal
 from protocols.http.bodymask import BodyMasker
 from protocols.http.jsonrpc import REFUSED, Message, error_message, id_text
 
@@ -51,8 +51,9 @@ _DATA = ("result", "error", "params")
 
 # (direction "in" | "out" | "gateway", method, id as JSON text or None, the masked message)
 Recorded = Callable[[str, str | None, str | None, dict[str, Any]], None]
-# (the tool call that was decided: name, arguments masked for the record, decision)
-Decided = Callable[[str, dict[str, Any], Decision], None]
+# (the tool call that was decided: name, arguments masked for the record, decision); False when an
+# allowed call cannot be recorded and must be refused (on_record_failure = "refuse")
+Decided = Callable[[str, dict[str, Any], Decision], bool]
 
 
 class Refusal:
@@ -113,7 +114,8 @@ class McpExchange:
         if decision.action == "review":
             decision = Decision(action="deny", rule=decision.rule, message=review_refusal(decision, "the call"),
                                 kinds=decision.kinds)
-        self.decided(name, self.masker.mask_value(args or {}), decision)
+        if not self.decided(name, self.masker.mask_value(args or {}), decision) and decision.allowed:
+            return UNRECORDABLE
         return decision
 
     def _refuse(self, messages: list[Message], refused: list[tuple[int, Decision]], batch: bool) -> Refusal:

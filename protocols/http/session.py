@@ -28,11 +28,13 @@ __all__ = ["HttpSession"]
 
 class HttpSession:
     __slots__ = ("identity", "target", "policy", "masker", "mcp", "session_id", "recording", "commands",
-                 "bytes_in", "bytes_out", "last_used", "active", "mcp_session_id", "ended")
+                 "bytes_in", "bytes_out", "last_used", "active", "mcp_session_id", "ended", "refuse_unrecorded")
 
     def __init__(self, *, engine: PolicyEngine, recorder: Recorder | None, identity: Identity, target: Target,
-                 client: str, tls: bool, mcp_session_id: str = ""):
+                 client: str, tls: bool, mcp_session_id: str = "", refuse_unrecorded: bool = True):
         self.identity = identity
+        # on_record_failure = "refuse": an allowed command whose record cannot be queued is refused
+        self.refuse_unrecorded = refuse_unrecorded
         self.target = target
         self.policy = engine.session(protocol="http", target=target.name, identity=identity.name,
                                      groups=identity.groups, sql_arguments=target.sql_arguments if target.mcp else ())
@@ -65,8 +67,9 @@ class HttpSession:
         return self.recording.record(event)
 
     def record_request(self, text: str, decision: Decision) -> bool:
+        """False: the request must be refused, its record could not be kept (see ``refuse_unrecorded``)."""
         self.commands += 1
-        return self.record(rec.Command(time=time.time(), kind="http", text=recorded_text(text, self.scans),
+        return self._kept(rec.Command(time=time.time(), kind="http", text=recorded_text(text, self.scans),
                                        decision=decision.action, rule=decision.rule, message=decision.message))
 
     def record_exchange(self, method: str, text: str, status: int, bytes_in: int, bytes_out: int,
@@ -77,14 +80,17 @@ class HttpSession:
                                      status=status, bytes_in=bytes_in, bytes_out=bytes_out,
                                      duration_ms=(time.monotonic() - started) * 1000))
 
+    def _kept(self, event: Any) -> bool:
+        return self.record(event) or not self.refuse_unrecorded
+
     def _record_rpc(self, direction: str, method: str | None, id_: str | None, message: dict[str, Any]) -> None:
         self.record(rec.RpcMessage(time=time.time(), direction=direction, mcp_session=self.mcp_session_id,
                                    method=method, id=id_, text=recorded_text(encode(message).decode(), self.scans)))
 
-    def _record_tool(self, name: str, args: dict[str, Any], decision: Decision) -> None:
+    def _record_tool(self, name: str, args: dict[str, Any], decision: Decision) -> bool:
         self.commands += 1
         text = f"{name} {encode(args).decode()}" if args else name
-        self.record(rec.Command(time=time.time(), kind="tool", text=recorded_text(text, self.scans),
+        return self._kept(rec.Command(time=time.time(), kind="tool", text=recorded_text(text, self.scans),
                                 decision=decision.action, rule=decision.rule, message=decision.message))
 
     def end(self, reason: str) -> None:

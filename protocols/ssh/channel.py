@@ -33,7 +33,7 @@ import asyncssh
 from asyncssh.constants import EXTENDED_DATA_STDERR
 
 from gateway.errors import raised_at
-from policy.model import Command, Decision, review_refusal
+from policy.model import UNRECORDABLE, Command, Decision, review_refusal
 from protocols.ssh import transfer
 from protocols.ssh.outmask import StreamMasker
 from protocols.ssh.scprelay import ScpRelay
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wiregate.ssh")
 
-# what an allowed command becomes when its record cannot be kept (on_record_failure = "refuse")
-UNRECORDABLE = Decision(action="deny", message="wiregate: the session cannot be recorded: command refused")
 DENIED_EXIT = 126  # what a shell reports for a command it found but cannot execute
 GATEWAY_EXIT = 255  # what ssh itself reports when the connection fails
 MASK_QUIET_S = 0.01  # a held partial output line is released after this much quiet

@@ -436,3 +436,20 @@ def test_recordings_replay_and_hold_nothing_raw(gw, token) -> None:
                            UPSTREAM_CREDENTIAL.encode()):
                 assert secret not in data, (path, secret)
     assert " 0 failed" in wiregate(gw, "sessions", "verify", "--all")
+
+
+def test_mcp_session_belongs_to_its_caller(gw, token) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    headers = {"Accept": "application/json, text/event-stream"}
+    with httpx.Client(base_url=gw.http_url, headers=headers, timeout=10) as c:
+        r = c.post("/tools-json/mcp", json=init, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        sid = r.headers["mcp-session-id"]
+        other = gw.token("mallory", ["agents"])
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        r = c.post("/tools-json/mcp", json=ping, headers={"Authorization": f"Bearer {other}", "Mcp-Session-Id": sid})
+        assert r.status_code == 403 and "belongs to another caller" in r.json()["message"]
+        r = c.post("/tools-json/mcp", json=ping, headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": sid,
+                                                         "Mcp-Protocol-Version": "2025-06-18"})
+        assert r.status_code == 200 and r.json()["result"] == {}

@@ -42,7 +42,7 @@ class Exchange:
         self.records: list[tuple[str, str | None, str | None, Any]] = []
         self.decisions: list[tuple[str, dict[str, Any], Decision]] = []
         self.ex = McpExchange(policy, BodyMasker(policy.masks),
-                              lambda *a: self.records.append(a), lambda *a: self.decisions.append(a))
+                              lambda *a: self.records.append(a), lambda *a: self.decisions.append(a) or True)
 
     def send(self, payload: Any) -> Refusal | None:
         messages, batch = decode_payload(json.dumps(payload))

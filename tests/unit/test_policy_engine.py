@@ -582,3 +582,25 @@ def test_session_knows_which_mask_rules_apply() -> None:
     engine = PolicyEngine(cfg)
     assert engine.session(protocol="postgres", target="prod-db", identity="a", groups=["dev"]).mask_rules == ("m", "n")
     assert engine.session(protocol="postgres", target="stage", identity="a", groups=["ops"]).mask_rules == ()
+
+
+def test_cli_http_and_tool_arguments() -> None:
+    cfg = config(*SPEC_RULES,
+                 rule("no-admin", match={"http": HttpMatch(method=["DELETE"], path=["/admin/*"])}),
+                 rule("no-drop-tools", targets=["tools"], match={"sql": ["DROP"]}),
+                 targets=[Target(name="tools", protocol="http", url="http://127.0.0.1:9000", mcp=True,
+                                 allow_groups=["dev"])])
+    code, out = run_cli(cfg=cfg, target="tools", http="delete /admin/users")
+    assert code == 0 and out.startswith("deny  rule=no-admin  ")
+    code, out = run_cli(cfg=cfg, target="tools", http="DELETE //x/../admin/%75sers?y=1")
+    assert out.startswith("deny  rule=no-admin  ")
+    code, out = run_cli(cfg=cfg, target="tools", tool="query", tool_args='{"sql": "DROP TABLE t"}')
+    assert out.startswith("deny  rule=no-drop-tools  ") and '(tool "query", argument "sql")' in out
+    code, out = run_cli(cfg=cfg, target="tools", tool="delete_user")
+    assert out.splitlines()[1] == "tools/list: hidden from this caller"
+    with pytest.raises(WiregateError, match="--args must be a JSON object"):
+        run_cli(cfg=cfg, target="tools", tool="query", tool_args="[1]")
+    with pytest.raises(WiregateError, match="--args goes with --tool"):
+        run_cli(cfg=cfg, target="tools", http="GET /x", tool_args="{}")
+    with pytest.raises(WiregateError, match='--http takes "METHOD /PATH"'):
+        run_cli(cfg=cfg, target="tools", http="/x")
