@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--file", metavar="'OP PATH'", help='an SSH file operation, e.g. "write /etc/hosts"')
     what.add_argument("--forward", metavar="'local HOST:PORT'",
                       help='an SSH forwarding request: "local HOST:PORT", "remote HOST:PORT" or "agent"')
-    what.add_argument("--http", metavar="'METHOD /PATH'", help='an HTTP request as the target sees it, e.g. "DELETE /admin/x"')
+    what.add_argument("--http", metavar="'METHOD /PATH'",
+                      help='an HTTP request as the target sees it, e.g. "DELETE /admin/x"')
     pt.add_argument("--args", dest="tool_args", metavar="JSON", help="with --tool: the call's arguments, a JSON object")
     pt.set_defaults(func=_cmd_policy_test)
 

@@ -954,7 +954,8 @@ def _check_target(p: str, t: Target, raw: dict[str, Any], errors: list[str]) -> 
             errors.append(f"{p}.credential_header: {_show(t.credential_header)} is not an HTTP header name")
         elif t.credential_header.lower() in _NOT_CREDENTIAL_HEADERS:
             errors.append(f"{p}.credential_header: {t.credential_header} is set by the gateway itself")
-        if t.forward_token and (t.credential_env or t.credential_file) and t.credential_header.lower() == "authorization":
+        own = t.credential_env or t.credential_file
+        if t.forward_token and own and t.credential_header.lower() == "authorization":
             errors.append(f"{p}: forward_token and a credential in the Authorization header exclude each other")
         if t.sql_arguments and not t.mcp and "sql_arguments" in raw:
             errors.append(f"{p}.sql_arguments: only used when mcp = true")

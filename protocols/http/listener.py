@@ -422,8 +422,9 @@ class _ClientConnection:
             conn, resp = await self._send_upstream(upstream, head, request, body)
         except UpstreamError as exc:
             log.warning("http target %s: %s", target.name, exc.message)
-            return await self._refuse(exc.status, _ERRORS.get(exc.status, "bad_gateway"), f"wiregate: {exc.message}", head=head, session=session, started=started,
-                                      shown=shown, body_done=body is not None)
+            return await self._refuse(exc.status, _ERRORS.get(exc.status, "bad_gateway"), f"wiregate: {exc.message}",
+                                      head=head, session=session, started=started, shown=shown,
+                                      body_done=body is not None)
         try:
             sent, status = await self._respond(head, resp, conn, session, target, upstream, by_path)
         except BaseException:
@@ -492,7 +493,10 @@ class _ClientConnection:
                 else:
                     conn.writer.write(request)
                     self._continue(head)
-                    await self._stream_request_body(conn, head)
+                    try:
+                        await self._stream_request_body(conn, head)
+                    except (HttpError, TimeoutError, _Close) as exc:
+                        raise _CallerFailed(exc) from None
                 resp = await self._response_head(conn)
                 return conn, resp
             except (ConnectionError, _UpstreamClosed) as exc:
@@ -509,6 +513,9 @@ class _ClientConnection:
             except HttpError as exc:
                 conn.close()
                 raise UpstreamError(502, f'target "{upstream.name}" sent a bad response: {exc.reason}') from None
+            except _CallerFailed as exc:
+                conn.close()  # the caller's body broke off or went wrong: its own error answers it
+                raise exc.cause from None
 
     async def _stream_request_body(self, conn: UpstreamConn, head: RequestHead) -> None:
         chunked = head.body == "chunked"
@@ -870,6 +877,14 @@ _ERRORS = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large",
            501: "not_implemented", 502: "bad_gateway", 504: "gateway_timeout", 505: "http_version_not_supported"}
 
 
+class _CallerFailed(Exception):
+    """The caller's side failed while its body streamed to the target (``cause`` says how)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class _UpstreamClosed(ConnectionError):
     """The target closed a connection before sending a byte of its answer."""
 
@@ -903,8 +918,10 @@ def _encoded(headers: codec.Headers) -> bool:
 def _relocate(value: bytes, upstream: Upstream, target: str) -> bytes:
     """A Location the target sent, as the caller must follow it: through the gateway's /TARGET prefix."""
     text = value.decode("latin-1")
-    if text.startswith(upstream.origin):
-        text = text[len(upstream.origin):] or "/"
+    origin = upstream.origin
+    if text == origin or text.startswith((origin + "/", origin + "?")):
+        text = text[len(origin):] or "/"
+        text = text if text.startswith("/") else "/" + text
     elif not text.startswith("/") or text.startswith("//"):
         return value  # another site, or relative to the current path: right as it is
     base = upstream.base_path

@@ -4,6 +4,7 @@ driven by httpx, aiohttp's WebSocket client, raw sockets and the SDK's own clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -453,3 +454,17 @@ def test_mcp_session_belongs_to_its_caller(gw, token) -> None:
         r = c.post("/tools-json/mcp", json=ping, headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": sid,
                                                          "Mcp-Protocol-Version": "2025-06-18"})
         assert r.status_code == 200 and r.json()["result"] == {}
+
+
+def test_a_broken_streamed_upload_is_the_callers_error(gw, token, client) -> None:
+    with socket.create_connection((gw.host, gw.http_port), timeout=10) as s:
+        s.sendall((f"POST /api/echo/up HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").encode())
+        time.sleep(0.3)  # the body is streaming to the target by now
+        s.sendall(b"ZZ\r\nnot a chunk\r\n")
+        out = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := s.recv(65536):
+                out += chunk
+    assert out.startswith(b"HTTP/1.1 400"), out[:200]
+    assert echo(client.get("/api/echo/still"))["path"] == "/echo/still"
