@@ -50,7 +50,7 @@ from typing import Any, cast
 
 import httpx
 
-from benchmarks.report import fmt
+from benchmarks.report import fmt, run_standalone
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import free_port
@@ -617,23 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.upstream is not None:
         serve_upstream(args.upstream)
         return 0
-    t_start = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM unwinds like Ctrl-C, so that the upstream and the gateways are stopped
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        report = run_http_benchmark(short=args.short, say=say)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    print("\n".join(render_http_markdown(report)))
-    return 1 if report.errors else 0
+    return run_standalone(run_http_benchmark, render_http_markdown, short=args.short)
 
 
 if __name__ == "__main__":

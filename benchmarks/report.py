@@ -1,6 +1,34 @@
-"""Number formatting shared by the benchmark reports (benchmarks/run.py, benchmarks/ssh.py)."""
+"""What the benchmark parts share: number formatting (benchmarks/run.py, ssh.py, http.py) and the
+way a part runs on its own (``python -m benchmarks.ssh``)."""
 
 from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def run_standalone(run: Callable[..., Any], render: Callable[[Any], list[str]], *, short: bool) -> int:
+    """Run one benchmark part with progress on stderr and its markdown on stdout; 1 when it reported
+    errors, 130 when interrupted. SIGTERM unwinds like Ctrl-C, so the servers it started are stopped."""
+    t_start = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        report = run(short=short, say=say)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    print("\n".join(render(report)))
+    return 1 if report.errors else 0
 
 
 def fmt(v: float | None, ratio: bool = False, decimals: int = 3) -> str:

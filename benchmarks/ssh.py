@@ -56,7 +56,7 @@ from typing import Any
 
 import asyncssh
 
-from benchmarks.report import fmt
+from benchmarks.report import fmt, run_standalone
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import free_port
@@ -715,23 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ssh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true", help="CI sizes: fewer runs, a 16 MiB file")
     args = ap.parse_args(argv)
-    t_start = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM unwinds like Ctrl-C, so that sshd and the gateways are stopped
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        report = run_ssh_benchmark(short=args.short, say=say)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    print("\n".join(render_ssh_markdown(report)))
-    return 1 if report.errors else 0
+    return run_standalone(run_ssh_benchmark, render_ssh_markdown, short=args.short)
 
 
 if __name__ == "__main__":

@@ -119,17 +119,20 @@ class Masker:
 Scan = tuple[DetectorSet, Masker]
 
 
-def scrub(value: str, scans: Sequence[Scan]) -> str | None:
+def scrub(value: str, scans: Sequence[Scan], context: str = "") -> str | None:
     """``value`` with every detector match masked; None means SQL NULL.
 
+    ``context`` is read in front of ``value`` by the detectors but never masked: a JSON key
+    (``"SecretAccessKey": "``) is the label that lets a labelled detector see a secret.
     Returns ``value`` itself (the same object) when nothing matched, so callers can skip
     re-encoding. The result never contains a match of any of the scans.
     """
+    n = len(context)
     out = value
     for _ in range(MAX_PASSES):
         changed = False
         for detectors, masker in scans:
-            spans = detectors.find(out)
+            spans = _spans(detectors, out, context, n)
             if spans:
                 out = masker.spans(out, spans)
                 if out is None:
@@ -137,10 +140,16 @@ def scrub(value: str, scans: Sequence[Scan]) -> str | None:
                 changed = True
         if not changed:
             return out
-    if has_match(out, scans):
+    if any(_spans(detectors, out, context, n) for detectors, _ in scans):
         # the masks keep forming new matches with what is kept around them: keep nothing
         return REDACTED
     return out
+
+
+def _spans(detectors: DetectorSet, value: str, context: str, n: int) -> list:
+    if not n:
+        return detectors.find(value)
+    return [(max(s, n) - n, e - n) for s, e, _ in detectors.find(context + value) if e > n]
 
 
 def has_match(value: str, scans: Sequence[Scan]) -> bool:

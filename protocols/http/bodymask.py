@@ -83,7 +83,7 @@ from typing import Any
 import msgspec
 
 from policy.detectors import DetectorSet
-from policy.masking import MAX_PASSES, REDACTED, Masker, Scan, scrub, strictest
+from policy.masking import REDACTED, Masker, Scan, scrub, strictest
 from policy.maskrules import MaskSet
 
 __all__ = ["MAX_DEPTH", "BodyMasker", "BodyTooDeep", "media_type"]
@@ -410,23 +410,7 @@ class _Walk:
 
     def scrub_labelled(self, value: str, label: str) -> str | None:
         """``scrub`` with ``"label": "`` in front as context: only spans in ``value`` are masked."""
-        prefix = f'"{label}": "'
-        n = len(prefix)
-        out: str | None = value
-        for _ in range(MAX_PASSES):
-            changed = False
-            for detectors, masker in self.scans:
-                spans = [(max(s, n) - n, e - n) for s, e, _ in detectors.find(prefix + out) if e > n]
-                if spans:
-                    out = masker.spans(out, spans)
-                    if out is None:
-                        return None
-                    changed = True
-            if not changed:
-                return out
-        if any(e > n for detectors, _ in self.scans for _, e, _ in detectors.find(prefix + out)):
-            return REDACTED
-        return out
+        return scrub(value, self.scans, f'"{label}": "')
 
 
 class BodyMasker:
