@@ -50,7 +50,7 @@ from typing import Any, cast
 
 import httpx
 
-from benchmarks.report import fmt, run_standalone
+from benchmarks.report import fmt, percentile, ratio, run_standalone, signals_held, why
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import free_port
@@ -133,10 +133,6 @@ class HttpReport:
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "summary": self.summary, "samples": self.samples, "errors": self.errors}
 
-
-def _why(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text if isinstance(e, WiregateError) else f"{type(e).__name__}: {text}"
 
 
 # --------------------------------------------------------------------------- the upstream
@@ -378,7 +374,7 @@ def measure_sequential(endpoints: dict[str, HttpEndpoint], path: str, runs: int,
                     if r.status_code != 200:
                         raise WiregateError(f"GET {path}: status {r.status_code}")
                 except EXPECTED as e:
-                    errors[name] = f"sequential GET {path}: {_why(e)}"
+                    errors[name] = f"sequential GET {path}: {why(e)}"
                     continue
                 bucket[name].append(elapsed * 1e3)
     finally:
@@ -389,14 +385,6 @@ def measure_sequential(endpoints: dict[str, HttpEndpoint], path: str, runs: int,
 # --------------------------------------------------------------------------- summary and report
 
 
-def _pct(values: list[float], q: int) -> float | None:
-    if len(values) < 2:
-        return values[0] if values else None
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def summarize(report: HttpReport) -> dict[str, Any]:
@@ -412,14 +400,14 @@ def summarize(report: HttpReport) -> dict[str, Any]:
             out[key][metric] = row
         out[key]["n"] = {s: len(report.samples[key][s]) for s in HTTP_SYSTEMS}
     for key, _title, _path in SEQ_SCENARIOS:
-        out[key] = {"p50_ms": {s: _pct(report.samples[key][s], 50) for s in HTTP_SYSTEMS},
-                    "p99_ms": {s: _pct(report.samples[key][s], 99) for s in HTTP_SYSTEMS},
+        out[key] = {"p50_ms": {s: percentile(report.samples[key][s], 50) for s in HTTP_SYSTEMS},
+                    "p99_ms": {s: percentile(report.samples[key][s], 99) for s in HTTP_SYSTEMS},
                     "n": {s: len(report.samples[key][s]) for s in HTTP_SYSTEMS}}
     for key, _title, _path in WRK_SCENARIOS + SEQ_SCENARIOS:
         for metric, row in out[key].items():
             if metric != "n":
                 for g in GATEWAYS:
-                    row[f"{g}/direct"] = _ratio(row[g], row["direct"])
+                    row[f"{g}/direct"] = ratio(row[g], row["direct"])
     out["added_ms"] = {k: {g: (out[k]["p50_ms"][g] - out[k]["p50_ms"]["direct"])
                            if out[k]["p50_ms"][g] is not None and out[k]["p50_ms"]["direct"] is not None else None
                            for g in GATEWAYS} for k, _t, _p in SEQ_SCENARIOS}
@@ -553,14 +541,14 @@ def run_http_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Pat
                 check_policy_is_on(ep)
             except EXPECTED as e:
                 endpoints.pop(system, None)
-                errors[system] = f"wiregate serve: {_why(e)}"
-                say(f"http: {system} not measured: {_why(e)}")
+                errors[system] = f"wiregate serve: {why(e)}"
+                say(f"http: {system} not measured: {why(e)}")
         for name, ep in list(endpoints.items()):
             try:
                 check_answers(ep, masked=name == "gateway-masked")
             except EXPECTED as e:
-                errors[name] = f"check: {_why(e)}"
-                say(f"http: {name} not measured: {_why(e)}")
+                errors[name] = f"check: {why(e)}"
+                say(f"http: {name} not measured: {why(e)}")
 
         def live() -> dict[str, HttpEndpoint]:
             return {n: ep for n, ep in endpoints.items() if n not in errors}
@@ -571,7 +559,7 @@ def run_http_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Pat
                 try:
                     served += int(run_wrk(wrk, ep, "/small", prof.warmup_seconds)["requests"]) * (name == "gateway")
                 except EXPECTED as e:
-                    errors[name] = f"wrk warm-up: {_why(e)}"
+                    errors[name] = f"wrk warm-up: {why(e)}"
             for r in range(prof.wrk_rounds):
                 for key, _title, path in WRK_SCENARIOS:
                     for name, ep in live().items():
@@ -581,8 +569,8 @@ def run_http_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Pat
                             report.samples[key][name].append(run)
                             served += int(run["requests"]) * (name == "gateway")
                         except EXPECTED as e:
-                            errors[name] = f"wrk {path}: {_why(e)}"
-                            say(f"http: {name}: wrk {path}: {_why(e)}")
+                            errors[name] = f"wrk {path}: {why(e)}"
+                            say(f"http: {name}: wrk {path}: {why(e)}")
         else:
             say("http: wrk not installed; sequential figures only")
         for key, _title, path in SEQ_SCENARIOS:
@@ -591,18 +579,14 @@ def run_http_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Pat
             served += len(report.samples[key]["gateway"])
     except EXPECTED as e:
         for system in HTTP_SYSTEMS:
-            errors.setdefault(system, _why(e))
-        say(f"http: not measured: {_why(e)}")
+            errors.setdefault(system, why(e))
+        say(f"http: not measured: {why(e)}")
     finally:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with signals_held():
             for proc in reversed(procs):
                 stop_process(proc)
             recording = {**_recording_size(workdir / "gateway" / "state"), "requests": served}
             shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
     report.summary = summarize(report)
     report.summary["recording"] = recording
     report.meta["duration_s"] = round(time.monotonic() - t0, 1)

@@ -3,11 +3,43 @@ way a part runs on its own (``python -m benchmarks.ssh``)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from gateway.errors import WiregateError
+
+
+def why(e: BaseException) -> str:
+    """An error as one line of a report: a wiregate error says it itself, others carry their type."""
+    text = str(e).strip() or type(e).__name__
+    return text if isinstance(e, WiregateError) else f"{type(e).__name__}: {text}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    """The q-th percentile (1..99) of the samples; the only sample when there is one."""
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT ignored for the duration: a teardown that stops servers is not cut short."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_standalone(run: Callable[..., Any], render: Callable[[Any], list[str]], *, short: bool) -> int:

@@ -43,7 +43,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from typing import Any
 
 import asyncssh
 
-from benchmarks.report import fmt, run_standalone
+from benchmarks.report import fmt, percentile, ratio, run_standalone, signals_held, why
 from gateway.demo import render_config, start_gateway, stop_process, wait_listening
 from gateway.errors import WiregateError
 from gateway.pgserver import free_port
@@ -160,10 +159,6 @@ class SshReport:
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "summary": self.summary, "samples": self.samples, "errors": self.errors}
 
-
-def _why(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text if isinstance(e, WiregateError) else f"{type(e).__name__}: {text}"
 
 
 # --------------------------------------------------------------------------- the systems
@@ -339,7 +334,7 @@ async def _interleaved(runs: int, ops: dict[str, Callable[[], Awaitable[float]]]
             try:
                 value = await asyncio.wait_for(op(), OP_TIMEOUT)
             except EXPECTED as e:
-                errors[name] = f"{label}: {_why(e)}"
+                errors[name] = f"{label}: {why(e)}"
                 continue
             if bucket is not None:
                 bucket[name].append(value)
@@ -357,7 +352,7 @@ async def measure_open_connections(endpoints: dict[str, SshEndpoint], prof: Prof
                 conns[name] = await asyncio.wait_for(ep.connect(), OP_TIMEOUT)
                 report.meta.setdefault("asyncssh_cipher", {})[name] = conns[name].get_extra_info("send_cipher")
             except EXPECTED as e:
-                errors[name] = f"asyncssh connect: {_why(e)}"
+                errors[name] = f"asyncssh connect: {why(e)}"
 
         def execs(command: str, expect: int | None) -> dict[str, Callable[[], Awaitable[float]]]:
             return {n: (lambda c=c: _exec(c, command, expect)) for n, c in conns.items()}
@@ -376,7 +371,7 @@ async def measure_open_connections(endpoints: dict[str, SshEndpoint], prof: Prof
             try:
                 ptys[name] = await asyncio.wait_for(_Pty.open(conn), OP_TIMEOUT)
             except EXPECTED as e:
-                errors[name] = f"PTY shell: {_why(e)}"
+                errors[name] = f"PTY shell: {why(e)}"
         await _interleaved(3, {n: p.keystroke for n, p in ptys.items()}, None, errors, "PTY warm-up")
         await _interleaved(prof.pty_keys, {n: p.keystroke for n, p in ptys.items()}, report.samples["pty_echo"],
                            errors, "PTY echo")
@@ -470,14 +465,6 @@ def _prepare_files(workdir: Path, sshd: ThrowawaySshd, size: int) -> ScpFiles:
 # --------------------------------------------------------------------------- summary and report
 
 
-def _p95(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return values[0] if values else None
-    return statistics.quantiles(values, n=20, method="inclusive")[18]
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def summarize(report: SshReport) -> dict[str, Any]:
@@ -487,12 +474,12 @@ def summarize(report: SshReport) -> dict[str, Any]:
         metrics: dict[str, Callable[[list[float]], float | None]] = {
             "median": lambda v: statistics.median(v) if v else None}
         if key in ("exec_true", "pty_echo", "pty_echo_plain"):
-            metrics["p95"] = _p95
+            metrics["p95"] = lambda v: percentile(v, 95)
         out[key] = {}
         for metric, fn in metrics.items():
             row: dict[str, float | None] = {s: fn(report.samples[key][s]) for s in SSH_SYSTEMS}
-            row["gateway/direct"] = _ratio(row["gateway"], row["direct"])
-            row["masked/gateway"] = _ratio(row["gateway-masked"], row["gateway"])
+            row["gateway/direct"] = ratio(row["gateway"], row["direct"])
+            row["masked/gateway"] = ratio(row["gateway-masked"], row["gateway"])
             out[key][metric] = row
         out[key]["n"] = {s: len(report.samples[key][s]) for s in SSH_SYSTEMS}
     med = {k: out[k]["median"] for k in ("exec_true", "exec_output", "ssh_true_c25519")}
@@ -647,12 +634,12 @@ def run_ssh_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Path
                     check_masking_is_on(ep)
             except EXPECTED as e:
                 endpoints.pop(system, None)
-                errors[system] = f"wiregate serve: {_why(e)}"
-                say(f"ssh: {system} not measured: {_why(e)}")
+                errors[system] = f"wiregate serve: {why(e)}"
+                say(f"ssh: {system} not measured: {why(e)}")
         try:
             ssh_true(endpoints["direct"])
         except EXPECTED as e:
-            errors["direct"] = f"ssh to sshd: {_why(e)}"
+            errors["direct"] = f"ssh to sshd: {why(e)}"
 
         asyncio.run(measure_open_connections({n: ep for n, ep in endpoints.items() if n not in errors},
                                              prof, report, say))
@@ -664,8 +651,8 @@ def run_ssh_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Path
                 try:
                     value = fn(ep)
                 except EXPECTED as e:
-                    errors[name] = f"{label}: {_why(e)}"
-                    say(f"ssh: {name}: {label}: {_why(e)}")
+                    errors[name] = f"{label}: {why(e)}"
+                    say(f"ssh: {name}: {label}: {why(e)}")
                     continue
                 if key is not None:
                     report.samples[key][name].append(value)
@@ -687,11 +674,10 @@ def run_ssh_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Path
                     measure(lambda ep: scp(ep, files, legacy=legacy, upload=upload), key, key)
     except EXPECTED as e:
         for system in SSH_SYSTEMS:
-            errors.setdefault(system, _why(e))
-        say(f"ssh: not measured: {_why(e)}")
+            errors.setdefault(system, why(e))
+        say(f"ssh: not measured: {why(e)}")
     finally:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with signals_held():
             for proc in gateways:
                 stop_process(proc)
             if "gateway" not in errors:
@@ -702,9 +688,6 @@ def run_ssh_benchmark(*, short: bool, say: Callable[[str], None], base_dir: Path
             if sshd is not None:
                 sshd.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
     report.summary = summarize(report)
     report.summary["recording"] = recording
     report.meta["duration_s"] = round(time.monotonic() - t0, 1)

@@ -17,6 +17,7 @@ at its head, and the events do not depend on how the stream was split.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import deque
 from http import HTTPStatus
 
@@ -227,7 +228,7 @@ def _items(value: bytes) -> list[bytes]:
     return [item for item in (part.strip(_OWS).lower() for part in value.split(b",")) if item]
 
 
-class _MessageParser:
+class _MessageParser(ABC):
     """The segment loop shared by both directions; subclasses supply llhttp's callbacks."""
 
     _bad = 400  # status of a malformed message
@@ -260,8 +261,9 @@ class _MessageParser:
         self.in_message = False
         self.upgraded = False
 
+    @abstractmethod
     def _new_parser(self) -> HttpRequestParser | HttpResponseParser:
-        raise NotImplementedError
+        """A fresh llhttp parser for this direction, with the subclass as its callback object."""
 
     def take_leftover(self) -> bytes:
         """The bytes that followed the upgrade (request or 101 response) head; they belong to the new protocol."""

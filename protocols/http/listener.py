@@ -309,7 +309,7 @@ class _ClientConnection:
         session.last_used = time.monotonic()
         try:
             return await self._proxy(head, session, target, target_path, query, by_path, started)
-        except _Refusal as exc:
+        except UpstreamError as exc:
             if self.responding:
                 raise _Close() from None
             shown = f"{target_path}?{query}" if query else target_path
@@ -580,13 +580,13 @@ class _ClientConnection:
         transform_whole = not sse and resp.body != "none" and (
             (session.mcp is not None and media == "application/json") or (masker.active and masker.masks_media(ctype)))
         if (transform_sse or transform_whole) and _encoded(resp.headers):
-            raise _Refusal(502, "the target sent a compressed body the gateway must read to mask; "
+            raise UpstreamError(502, "the target sent a compressed body the gateway must read to mask; "
                                 "it asked for identity")
         if transform_whole:
             body = await self._upstream_body(conn, resp)
             out = self._transform(session, ctype, body)
             if out is None:
-                raise _Refusal(502, "the target's response could not be read to be masked "
+                raise UpstreamError(502, "the target's response could not be read to be masked "
                                     f"(not valid {media or 'text'})")
             self._write_head(resp.status, resp.reason, headers + [(b"Content-Length", str(len(out)).encode())], head,
                              out)
@@ -713,7 +713,7 @@ class _ClientConnection:
     async def _upstream_body(self, conn: UpstreamConn, resp: ResponseHead) -> bytes:
         limit = self.l.max_buffered
         if resp.content_length is not None and resp.content_length > limit:
-            raise _Refusal(502, f"the target's response is larger than the {limit} bytes the gateway reads "
+            raise UpstreamError(502, f"the target's response is larger than the {limit} bytes the gateway reads "
                                 "to mask it")
         parts: list[bytes] = []
         size = 0
@@ -722,11 +722,11 @@ class _ClientConnection:
                 async for data in self._upstream_chunks(conn, resp):
                     size += len(data)
                     if size > limit:
-                        raise _Refusal(502, f"the target's response is larger than the {limit} bytes the gateway "
+                        raise UpstreamError(502, f"the target's response is larger than the {limit} bytes the gateway "
                                             "reads to mask it")
                     parts.append(data)
         except TimeoutError:
-            raise _Refusal(504, f"the target did not send the whole body to mask within "
+            raise UpstreamError(504, f"the target did not send the whole body to mask within "
                                 f"{self.l.upstream_timeout:g}s") from None
         return b"".join(parts)
 
@@ -754,7 +754,7 @@ class _ClientConnection:
                 try:
                     out = session.mcp.from_target(value)
                 except BodyTooDeep:
-                    raise _Refusal(502, "the target sent an event nested too deeply to be masked") from None
+                    raise UpstreamError(502, "the target sent an event nested too deeply to be masked") from None
                 return event.raw if out is value else event.with_data(encode(out).decode())
         if data.lstrip()[:1] in ("{", "["):
             raw = data.encode()
@@ -892,12 +892,6 @@ class _UpstreamClosed(ConnectionError):
 class _UpstreamSpoke(ConnectionError):
     """The target closed a connection in the middle of its response head."""
 
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 _NOT_JSON = object()

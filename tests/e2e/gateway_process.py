@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.demo import render_config
+from gateway.demo import render_config, stop_process
 from gateway.identity import issue_dev_token
 from gateway.pgserver import free_port
 
@@ -91,10 +91,4 @@ class GatewayProcess:
         return 0
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

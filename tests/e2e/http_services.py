@@ -29,6 +29,7 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.demo import stop_process
 from gateway.pgserver import free_port
 
 __all__ = ["McpServerProcess", "ServiceProcess", "UpstreamProcess", "mcp_client"]
@@ -84,13 +85,7 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> Self:
         return self
