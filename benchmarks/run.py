@@ -5,7 +5,9 @@
 
 The SSH part (``benchmarks/ssh.py``, its own docstring says what it measures)
 runs after PostgreSQL and its proxies are stopped, so they do not share the CPUs;
-the HTTP part (``benchmarks/http.py``) runs after the SSH part, likewise.
+the HTTP part (``benchmarks/http.py``) runs after the SSH part, likewise; then
+``benchmarks/approvals.py`` times an approval given on one gateway releasing a statement
+held on another that shares its PostgreSQL store.
 
 One run starts a throwaway PostgreSQL (scram-sha-256), PgBouncer in session
 mode in front of it, and four ``wiregate serve`` processes in front of it:
@@ -46,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.approvals import ApprovalsReport, render_approvals_markdown, run_approvals_benchmark
 from benchmarks.http import HttpReport, render_http_markdown, run_http_benchmark
 from benchmarks.report import fmt as _fmt
 from benchmarks.ssh import SshReport, render_ssh_markdown, run_ssh_benchmark
@@ -540,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ssh_report: SshReport = run_ssh_benchmark(short=args.short, say=say)
         http_report: HttpReport = run_http_benchmark(short=args.short, say=say)
+        approvals_report: ApprovalsReport = run_approvals_benchmark(short=args.short, say=say)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -560,18 +564,19 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.monotonic() - t_start, 1),
     }
     md = (render_markdown(meta, summary, errors) + "\n" + "\n".join(render_ssh_markdown(ssh_report)) + "\n\n"
-          + "\n".join(render_http_markdown(http_report)) + "\n")
+          + "\n".join(render_http_markdown(http_report)) + "\n\n"
+          + "\n".join(render_approvals_markdown(approvals_report)) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     data = {"meta": meta, "summary": summary, "samples": samples, "errors": errors, "ssh": ssh_report.to_json(),
-            "http": http_report.to_json()}
+            "http": http_report.to_json(), "approvals": approvals_report.to_json()}
     for name in (f"{stamp}.json", "latest.json"):
         (args.out / name).write_text(json.dumps(data, indent=2) + "\n")
     for name in (f"{stamp}.md", "latest.md"):
         (args.out / name).write_text(md)
     print(md)
     say(f"done; wrote {args.out / (stamp + '.md')} and .json")
-    return 1 if errors or ssh_report.errors or http_report.errors else 0
+    return 1 if errors or ssh_report.errors or http_report.errors or approvals_report.errors else 0
 
 
 if __name__ == "__main__":

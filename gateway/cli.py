@@ -27,8 +27,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.server import serve
 
-    cfg = load_config(_config_path(args.config))
-    return serve(cfg)
+    path = _config_path(args.config)
+    return serve(load_config(path), path)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
     ti.set_defaults(func=_cmd_token_issue)
     add_recording_parsers(sub)  # sessions list|show|verify|export|pubkey, replay
+    from gateway.approvals_cli import add_subcommand as add_approvals_parser
+
+    add_approvals_parser(sub)  # approvals list|approve|deny, over the admin API
     return parser
 
 

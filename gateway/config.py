@@ -31,7 +31,11 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class GatewaySection(_Base):
     state_dir: str = ".wiregate"
+    # where approvals, grants, the sessions index and the dev token key live: None is SQLite in
+    # state_dir (one instance); "postgresql://..." is shared by every instance that names it
     store: str | None = None
+    # SIGTERM: sessions get this long to finish before they are closed
+    shutdown_grace: str = "30s"
     # TLS certificate offered to clients; a self-signed one is generated into
     # state_dir when these are absent.
     tls_cert_file: str | None = None
@@ -136,6 +140,7 @@ class Rule(_Base):
     # review
     approvers: list[str] = []
     timeout: str = "5m"
+    webhook: str | None = None
     # mask
     columns: list[str] = []
     detectors: list[str] = []
@@ -181,6 +186,19 @@ class PolicySection(_Base):
     default: Literal["allow", "deny"] = "allow"
 
 
+class ApprovalsSection(_Base):
+    """Just-in-time approvals (gateway/broker.py, docs/approvals.md)."""
+
+    # the admin API address approvers use (WIREGATE_URL), named in notices and webhooks;
+    # default: http:// + listen.admin
+    url: str | None = None
+    # POSTed a JSON message (with a Slack-compatible "text") when a request is created and decided;
+    # a review rule's own `webhook` is used as well
+    webhook: str | None = None
+    # bearer token for the webhooks, from this environment variable
+    webhook_token_env: str | None = None
+
+
 class RecordingSection(_Base):
     """Session recordings (recorder/, docs/recording.md)."""
 
@@ -221,6 +239,7 @@ class Config(_Base):
     targets: list[Target] = []
     rules: list[Rule] = []
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
+    approvals: ApprovalsSection = msgspec.field(default_factory=ApprovalsSection)
     ssh: SshSection = msgspec.field(default_factory=SshSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     recording: RecordingSection = msgspec.field(default_factory=RecordingSection)
@@ -255,6 +274,10 @@ _EXAMPLES: dict[tuple[type, str], str] = {
     (Target, "address"): '"127.0.0.1:5432"',
     (Target, "url"): '"http://127.0.0.1:9000"',
     (Rule, "timeout"): '"5m"',
+    (GatewaySection, "shutdown_grace"): '"30s"',
+    (GatewaySection, "store"): '"postgresql://wiregate@db/wiregate"',
+    (ApprovalsSection, "url"): '"https://wiregate.example.com:8081"',
+    (Rule, "webhook"): '"https://hooks.slack.com/services/..."',
     (SshSection, "login_timeout"): '"30s"',
     (HttpSection, "header_timeout"): '"10s"',
     (HttpSection, "idle_timeout"): '"60s"',
@@ -773,6 +796,13 @@ def _semantic_checks(raw: dict[str, Any], errors: list[str]) -> None:
             errors.append("recording.queue_size: must be at least 100")
     for i, a, _raw_a in _typed_items(raw.get("audit"), AuditSink):
         _check_audit(f"audit[{i}]", a, errors)
+    section = raw.get("approvals")
+    if isinstance(section, dict) and (ap := _typed(section, ApprovalsSection)) is not None:
+        for key in ("url", "webhook"):
+            if getattr(ap, key) is not None:
+                _check_webhook_url(getattr(ap, key), f"approvals.{key}", errors)
+        if ap.webhook_token_env is not None and not ap.webhook_token_env:
+            errors.append("approvals.webhook_token_env: must name an environment variable")
 
     known_targets = {name for _, name in _raw_names(targets)}
     rules = raw.get("rules")
@@ -826,6 +856,19 @@ def _check_gateway(gw: GatewaySection, errors: list[str]) -> None:
                       "(a self-signed certificate is generated then)")
     if not gw.state_dir.strip():
         errors.append("gateway.state_dir: must not be empty")
+    if gw.store is not None and not gw.store.startswith(("postgresql://", "postgres://")):
+        errors.append('gateway.store: must be a PostgreSQL URL ("postgresql://user@host/db"); '
+                      "leave it out for the embedded SQLite store in state_dir")
+    try:
+        if parse_duration(gw.shutdown_grace) < 0:
+            errors.append("gateway.shutdown_grace: must not be negative")
+    except WiregateError as e:
+        errors.append(f"gateway.shutdown_grace: {e}")
+
+
+def _check_webhook_url(url: str, key: str, errors: list[str]) -> None:
+    if not url.startswith(("http://", "https://")):
+        errors.append(f"{key}: must be an http:// or https:// URL")
 
 
 def _check_listen(listen: ListenSection, errors: list[str]) -> None:
@@ -986,8 +1029,10 @@ def _check_rule(p: str, r: Rule, raw: dict[str, Any], known_targets: set[str], e
                 errors.append(f"{p}.timeout: must be longer than 0s")
         except WiregateError as e:
             errors.append(f"{p}.timeout: {e}")
+        if r.webhook is not None:
+            _check_webhook_url(r.webhook, f"{p}.webhook", errors)
     else:
-        for key in ("approvers", "timeout"):
+        for key in ("approvers", "timeout", "webhook"):
             if key in raw:
                 errors.append(f"{p}.{key}: only used by review rules, this rule is {r.action}")
     if r.action == "mask":

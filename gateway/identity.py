@@ -4,8 +4,9 @@ A caller presents a token (the PostgreSQL password, the SSH password, the HTTP
 bearer token). Three kinds are accepted:
 
 * OIDC JWTs from a configured issuer, verified against the issuer's JWKS;
-* dev tokens minted by ``wiregate token issue`` (EdDSA, key in state_dir),
-  only when ``identity.dev_tokens = true``;
+* dev tokens minted by ``wiregate token issue`` (EdDSA, key in the store: the file in state_dir,
+  or the shared PostgreSQL store so every instance accepts them), only when
+  ``identity.dev_tokens = true``;
 * static service-account tokens, matched by their sha256 in ``identity.users``.
 
 Error messages tell the caller what to fix and never echo the token.
@@ -24,15 +25,19 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.config import DEV_TOKEN_ISSUER, Config, OIDCProvider, format_duration, parse_duration
 from gateway.errors import WiregateError
-from gateway.keys import ed25519_key_id, load_or_create_ed25519
+from gateway.keys import ed25519_key_id
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 __all__ = [
     "AuthError", "Authenticator", "Identity", "dev_key_path", "format_duration", "groups_match",
@@ -109,8 +114,26 @@ def _clip(text: Any, limit: int = 100) -> str:
 
 # ---- dev tokens -----------------------------------------------------------
 
+def _dev_key_pem(cfg: Config) -> bytes:
+    """The dev key of the store ``cfg`` names (blocking): the file in state_dir, or the shared
+    PostgreSQL store's, so a token minted against one instance verifies on all of them."""
+    from gateway.store import dev_signing_key_pem_for  # the store imports this module
+
+    return dev_signing_key_pem_for(cfg)
+
+
+def _dev_signing_key(pem: bytes) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise WiregateError(f"the store's dev token key is not an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise WiregateError(f"the store's dev token key is not an Ed25519 private key ({type(key).__name__})")
+    return key
+
+
 def issue_dev_token(cfg: Config, sub: str, groups: list[str], ttl_seconds: int) -> str:
-    """A dev token for ``sub``, signed with the gateway's Ed25519 dev key (created on first use)."""
+    """A dev token for ``sub``, signed with the store's Ed25519 dev key (created on first use)."""
     if not cfg.identity.dev_tokens:
         raise WiregateError("dev tokens are disabled (identity.dev_tokens = false): "
                             "set it to true in the config to mint and accept them")
@@ -118,7 +141,7 @@ def issue_dev_token(cfg: Config, sub: str, groups: list[str], ttl_seconds: int) 
         raise WiregateError("the subject (--sub) must not be empty")
     if ttl_seconds <= 0:
         raise WiregateError(f"the lifetime (--ttl) must be positive, got {ttl_seconds} s")
-    key = load_or_create_ed25519(dev_key_path(cfg))
+    key = _dev_signing_key(_dev_key_pem(cfg))
     now = int(time.time())
     claims = {
         "iss": DEV_TOKEN_ISSUER,
@@ -353,11 +376,15 @@ def _decode(token: str, keys: Sequence[_Key], alg: str, *, issuer: str,
 class Authenticator:
     """Verifies tokens for one loaded config. Holds its own JWKS and verification caches."""
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic,
+                 store: "Store | None" = None) -> None:
         self._providers = {p.issuer: _JwksCache(p, clock) for p in cfg.identity.oidc}
         self._service = [(bytes.fromhex(u.token_sha256), u) for u in cfg.identity.users if u.token_sha256]
         self._dev_enabled = cfg.identity.dev_tokens
-        self._dev_key_path = dev_key_path(cfg)
+        # an opened store hands out its key itself; from a config alone it is looked up on first use
+        self._dev_key_pem: Callable[[], bytes] = (store.dev_signing_key_pem if store is not None
+                                                  else lambda: _dev_key_pem(cfg))
+        self._dev_key_elsewhere = "another store" if cfg.gateway.store else "another state_dir"
         self._dev_public_key: Ed25519PublicKey | None = None
         # sha256(token) -> Identity, for JWTs until they expire; the raw token is never kept
         self._verified: dict[bytes, Identity] = {}
@@ -438,13 +465,13 @@ class Authenticator:
                              leeway=DEV_TOKEN_LEEWAY_SECONDS)
         except _BadSignature:
             raise AuthError(f"token signature is not valid for issuer {DEV_TOKEN_ISSUER!r}: "
-                            "it was minted with another gateway's key (another state_dir)") from None
+                            f"it was minted with another gateway's key ({self._dev_key_elsewhere})") from None
         return self._identity(claims, "dev", DEV_TOKEN_ISSUER, "sub", "groups")
 
     async def _dev_key(self) -> Ed25519PublicKey:
         if self._dev_public_key is None:
             try:
-                private = await asyncio.to_thread(load_or_create_ed25519, self._dev_key_path)
+                private = _dev_signing_key(await asyncio.to_thread(self._dev_key_pem))
             except WiregateError as e:
                 raise AuthError(f"dev tokens cannot be verified: {e}") from None
             self._dev_public_key = private.public_key()

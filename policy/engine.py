@@ -10,13 +10,18 @@ Semantics are documented in docs/policy.md; the short version:
   when it covers *every* statement (so ``allow SELECT`` cannot let ``SELECT 1; DROP TABLE t`` by);
 * nothing decided: ``policy.default``;
 * SQL that does not parse is refused whenever the session has anything to enforce.
+
+Reload (SIGHUP) builds a new engine and calls ``old.replace_with(new)``: open sessions keep
+their ``SessionPolicy`` objects, which pick up the new rules on their next check (one attribute
+test per check while nothing changed). ``on_decision`` counts the decisions protocols ask for.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Collection, Sequence
+import weakref
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -179,10 +184,20 @@ def _compile_rule(i: int, rule: Rule, errors: list[str]) -> CompiledRule | None:
     )
 
 
-class PolicyEngine:
-    """The compiled rules of one configuration. Build a new one on reload."""
+OnDecision = Callable[[str, str], None]
 
-    def __init__(self, cfg: Config, *, analyzer: SqlAnalyzer | None = None, mask_key: bytes | None = None):
+
+class PolicyEngine:
+    """The compiled rules of one configuration. Build a new one on reload and hand it to
+    ``replace_with``.
+
+    ``on_decision(protocol, action)`` is called once per check a protocol asks for
+    (``check_sql``, ``check``, ``check_http``, ``check_tool_call``; not ``tool_visible``): the
+    server's command counters.
+    """
+
+    def __init__(self, cfg: Config, *, analyzer: SqlAnalyzer | None = None, mask_key: bytes | None = None,
+                 on_decision: OnDecision | None = None):
         errors: list[str] = []
         rules = [_compile_rule(i, r, errors) for i, r in enumerate(cfg.rules)]
         masks = {i: compile_mask_rule(i, r, errors) for i, r in enumerate(cfg.rules) if r.action == "mask"}
@@ -196,10 +211,56 @@ class PolicyEngine:
         self.default: Literal["allow", "deny"] = cfg.policy.default
         # pass the previous engine's analyzer on reload to keep its cache warm
         self.analyzer = analyzer if analyzer is not None else SqlAnalyzer()
+        self.on_decision = on_decision
+        # the engine that replaced this one (see replace_with); None while this one is current
+        self.successor: PolicyEngine | None = None
+        # the open sessions bound to this engine, told when it is replaced
+        self._sessions: weakref.WeakSet[SessionPolicy] = weakref.WeakSet()
+
+    def current(self) -> PolicyEngine:
+        """The newest engine of the chain of replacements that starts here."""
+        engine = self
+        while engine.successor is not None:
+            engine = engine.successor
+        return engine
+
+    def replace_with(self, new: PolicyEngine) -> None:
+        """Make ``new`` the engine of every session of this one (and of engines it replaced).
+
+        Each session follows on its next check: the rules that apply to its caller and target,
+        ``policy.default`` and what is derived from them are recomputed and its cached decisions
+        dropped; what it learnt about the connection stays (search path, catalog, transaction,
+        standard_conforming_strings). A session that did not follow the search path so far
+        (no table or function rules, no masks) and must now treats it as unknown, which places
+        unqualified names in any schema (fail closed).
+
+        Mask rules are not changed for open sessions: their masking (result rewriting, output
+        detectors, recorded text) was built when they started. New mask rules apply to new
+        sessions.
+
+        The analyzer (and its cache) and ``on_decision`` (when ``new`` has none) are passed on.
+        ``session()`` on a replaced engine makes the session from the current one.
+        """
+        if new is self or new.successor is not None:
+            raise ValueError("replace_with: the new engine must be a current engine other than this one")
+        if self.successor is not None:
+            raise ValueError("replace_with: this engine was already replaced; replace the current one")
+        new.analyzer = self.analyzer
+        if new.on_decision is None and self.on_decision is not None:
+            new.on_decision = self.on_decision
+            for session in new._sessions:
+                session._on_decision = new.on_decision
+        self.successor = new
+        for session in list(self._sessions):
+            session._rebind(new)
+        self._sessions.clear()
 
     def session(self, *, protocol: str, target: str, identity: str, groups: Sequence[str],
                 sql_arguments: Sequence[str] = ()) -> SessionPolicy:
         """``sql_arguments``: MCP tool argument name globs that always hold SQL (the target's)."""
+        if self.successor is not None:
+            return self.current().session(protocol=protocol, target=target, identity=identity, groups=groups,
+                                          sql_arguments=sql_arguments)
         rules = tuple(r for r in self.rules if r.applies_to(target, groups))
         masks = [self._masks[r.index] for r in self.mask_rules if r.applies_to(target, groups)]
         return SessionPolicy(
@@ -209,13 +270,17 @@ class PolicyEngine:
 
 
 class SessionPolicy:
-    """The rules that apply to one caller on one target, and the decisions they make."""
+    """The rules that apply to one caller on one target, and the decisions they make.
+
+    Bound to the engine that made it until that engine is replaced (``replace_with``); then
+    ``_stale`` is set and the next check recomputes the rules from the new engine.
+    """
 
     __slots__ = (
         "protocol", "target", "identity", "groups", "rules", "mask_rules", "masks", "default", "inspects_sql",
         "_sql_rules", "_analyze", "_by_leaves", "_by_text", "_text_sensitive", "_name_sensitive",
         "_backslash_unsafe", "_where_table", "_where_function", "search_path", "_initial_path", "_catalog",
-        "_in_txn", "_tracks_path", "_sql_arguments",
+        "_in_txn", "_tracks_path", "_sql_arguments", "_engine", "_stale", "_on_decision", "__weakref__",
     )
 
     def __init__(
@@ -234,12 +299,11 @@ class SessionPolicy:
         self.default = engine.default
         self._sql_arguments = GlobSet(sql_arguments)
         self._analyze = engine.analyzer.analyze
-        self._sql_rules = tuple(r for r in rules if r.can_match_sql)
-        self.inspects_sql = _could_refuse_sql(self._sql_rules, self.default)
-        # decisions depend on the statement kinds only, unless a text regex may decide
-        self._text_sensitive = any(r.text for r in self._sql_rules)
-        # ... or the tables and functions, when a rule names some
-        self._name_sensitive = any(r.tables is not None or r.functions is not None for r in self._sql_rules)
+        self._engine = engine
+        self._stale = False
+        self._on_decision = engine.on_decision
+        engine._sessions.add(self)
+        self._derive()
         self._by_leaves: dict[tuple, Decision] = {}
         self._by_text: dict[str, Decision] = {}
         # the analyser reads string literals as PostgreSQL does with standard_conforming_strings
@@ -258,36 +322,83 @@ class SessionPolicy:
         self._where_table: Where = _default_table_schemas
         self._where_function: Where = _default_function_schemas
 
+    def _derive(self) -> None:
+        """What the decisions need from ``rules`` and ``default``, beyond the rules themselves."""
+        self._sql_rules = tuple(r for r in self.rules if r.can_match_sql)
+        self.inspects_sql = _could_refuse_sql(self._sql_rules, self.default)
+        # decisions depend on the statement kinds only, unless a text regex may decide
+        self._text_sensitive = any(r.text for r in self._sql_rules)
+        # ... or the tables and functions, when a rule names some
+        self._name_sensitive = any(r.tables is not None or r.functions is not None for r in self._sql_rules)
+
+    # -- reload ------------------------------------------------------------------------------
+    def _rebind(self, engine: PolicyEngine) -> None:
+        """Called by ``replace_with``: follow ``engine`` on the next check."""
+        self._engine = engine
+        engine._sessions.add(self)
+        self._stale = True
+        # protocols skip check_sql for sessions with nothing to enforce: until the new rules
+        # are computed, assume there is
+        self.inspects_sql = True
+
+    def _follow(self) -> None:
+        """Take the rules of the current engine; the session's own state stays."""
+        engine = self._engine
+        self._stale = False
+        self.rules = tuple(r for r in engine.rules if r.applies_to(self.target, self.groups))
+        self.default = engine.default
+        self._analyze = engine.analyzer.analyze
+        self._on_decision = engine.on_decision
+        self._derive()
+        tracks = self._name_sensitive or bool(self.masks)
+        if tracks and not self._tracks_path:
+            # nobody followed SET search_path in this session so far: where names are is unknown
+            self._tracks_path = True
+            self.search_path = None
+        self._place()  # drops the cached decisions too
+
     # -- SQL ------------------------------------------------------------------------------
     def check_sql(self, sql: str) -> Decision:
+        # the body is written out here (no helper call): this runs once per statement
+        if self._stale:
+            self._follow()
         if self._backslash_unsafe and "\\" in sql and self.inspects_sql:
-            return _BACKSLASH_REFUSED
-        analysis = self._analyze(sql)
-        if analysis.error is not None:
-            return self._unparsable(analysis)
-        if self._tracks_path and not _PATH_AND_TXN.isdisjoint(analysis.leaves):
-            after = self._follow_search_path(sql, analysis)
-            if after is not _SAME:
-                decision = self._decide_sql(analysis, sql)  # with either path possible, uncached
-                self.search_path = after  # type: ignore[assignment]
-                self._place()
-                return decision
-        if self._text_sensitive:
-            cached = self._by_text.get(sql)
-            if cached is None:
-                cached = self._decide_sql(analysis, sql)
+            decision = _BACKSLASH_REFUSED
+        elif (analysis := self._analyze(sql)).error is not None:
+            decision = self._unparsable(analysis)
+        elif self._tracks_path and not _PATH_AND_TXN.isdisjoint(analysis.leaves) and \
+                (after := self._follow_search_path(sql, analysis)) is not _SAME:
+            decision = self._decide_sql(analysis, sql)  # with either path possible, uncached
+            self.search_path = after  # type: ignore[assignment]
+            self._place()
+        elif self._text_sensitive:
+            decision = self._by_text.get(sql)  # type: ignore[assignment]
+            if decision is None:
+                decision = self._decide_sql(analysis, sql)
                 if len(sql) <= _TEXT_KEY_MAX:
-                    _remember(self._by_text, sql, cached)
-            return cached
-        if self._name_sensitive:
-            key: tuple = (analysis.leaves, analysis.undecidable, analysis.tables, analysis.functions)
+                    _remember(self._by_text, sql, decision)
         else:
-            key = (analysis.leaves, analysis.undecidable)
-        cached = self._by_leaves.get(key)
-        if cached is None:
-            cached = self._decide_sql(analysis, sql)
-            _remember(self._by_leaves, key, cached)
-        return cached
+            if self._name_sensitive:
+                key: tuple = (analysis.leaves, analysis.undecidable, analysis.tables, analysis.functions)
+            else:
+                key = (analysis.leaves, analysis.undecidable)
+            decision = self._by_leaves.get(key)  # type: ignore[assignment]
+            if decision is None:
+                decision = self._decide_sql(analysis, sql)
+                _remember(self._by_leaves, key, decision)
+        if self._on_decision is not None:
+            self._on_decision(self.protocol, decision.action)
+        return decision
+
+    def _check_sql_uncounted(self, sql: str) -> Decision:
+        """``check_sql`` as part of a larger check, which counts itself."""
+        if self._stale:
+            self._follow()  # first: following resets the callback restored below
+        count, self._on_decision = self._on_decision, None
+        try:
+            return self.check_sql(sql)
+        finally:
+            self._on_decision = count
 
     def set_catalog(self, tables: Where, functions: Where, search_path: tuple[str, ...]) -> None:
         """Place unqualified names with the target's catalog (see ``NameGlobs``).
@@ -347,8 +458,6 @@ class SessionPolicy:
         self.search_path = None if path is None or before is None else tuple(dict.fromkeys(before + path))
         self._place()
         return path
-        self._by_leaves.clear()
-        self._by_text.clear()
 
     def set_server_parameter(self, name: str, value: str) -> None:
         """Follow a server ParameterStatus, for a protocol that does not track it itself.
@@ -364,6 +473,8 @@ class SessionPolicy:
     @property
     def needs_catalog(self) -> bool:
         """Whether decisions or masking depend on the target's catalog (see ``set_catalog``)."""
+        if self._stale:
+            self._follow()
         return bool(self.masks) or self._name_sensitive
 
     def analyze(self, sql: str) -> SqlAnalysis:
@@ -429,6 +540,15 @@ class SessionPolicy:
     def check(self, command: Command) -> Decision:
         if command.kind == "sql":
             return self.check_sql(command.text)
+        if self._stale:
+            self._follow()
+        decision = self._check_other(command)
+        if self._on_decision is not None:
+            self._on_decision(self.protocol, decision.action)
+        return decision
+
+    def _check_other(self, command: Command) -> Decision:
+        """``check`` of anything but SQL, uncounted."""
         noun = _NOUNS.get(command.kind, "request")
         forward = command.kind == "forward"
         for rule in self.rules:
@@ -449,17 +569,31 @@ class SessionPolicy:
         """An HTTP request (``path`` normalised, without its query). On an MCP target the request is
         the transport of tool calls: only a rule decides it, and ``policy.default`` is left to the
         tool calls it carries (``check_tool_call``)."""
-        decision = self.check(Command(protocol=self.protocol, target=self.target, kind="http",
-                                      text=f"{method} {path}"))
-        return ALLOW if mcp and decision.rule is None else decision
+        if self._stale:
+            self._follow()
+        decision = self._check_other(Command(protocol=self.protocol, target=self.target, kind="http",
+                                             text=f"{method} {path}"))
+        if mcp and decision.rule is None:
+            decision = ALLOW
+        if self._on_decision is not None:
+            self._on_decision(self.protocol, decision.action)
+        return decision
 
     # -- MCP tool calls -----------------------------------------------------------------------
     def check_tool_call(self, name: str, args: dict[str, Any]) -> Decision:
         """A ``tools/call``: the tool and its arguments against the rules, then every argument that
         holds SQL through ``check_sql``. The strictest outcome wins: deny, then review, then allow
         (under ``policy.default = "deny"`` both the call and its SQL need an allowing rule)."""
-        decision = self.check(Command(protocol=self.protocol, target=self.target, kind="tool", text=name,
-                                      args=args))
+        if self._stale:
+            self._follow()
+        decision = self._tool_call(name, args)
+        if self._on_decision is not None:
+            self._on_decision(self.protocol, decision.action)
+        return decision
+
+    def _tool_call(self, name: str, args: dict[str, Any]) -> Decision:
+        decision = self._check_other(Command(protocol=self.protocol, target=self.target, kind="tool", text=name,
+                                             args=args))
         if decision.action == "deny":
             return decision
         try:
@@ -469,7 +603,7 @@ class SessionPolicy:
         for arg in found:
             if not arg.named and self._analyze(arg.text).error is not None:
                 continue  # read like SQL at first sight, but is not
-            sql = self.check_sql(arg.text)
+            sql = self._check_sql_uncounted(arg.text)
             if sql.allowed:
                 continue
             sql = msgspec.structs.replace(sql, message=f'{sql.message} (tool "{name}", argument "{arg.path}")')
@@ -484,6 +618,8 @@ class SessionPolicy:
 
         A rule whose ``args`` decide cannot be settled without the arguments: a deny rule of that
         kind leaves the tool listed (other arguments may pass), an allow or review rule lists it."""
+        if self._stale:
+            self._follow()
         command = Command(protocol=self.protocol, target=self.target, kind="tool", text=name)
         for rule in self.rules:
             if rule.args:

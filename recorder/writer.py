@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,11 +79,13 @@ class _Open:
 class SessionRecorder:
     """One session's handle, used from the event loop. See the module docstring."""
 
-    __slots__ = ("_rec", "session_id", "_open", "_started", "lost", "_lost_pending")
+    __slots__ = ("_rec", "session_id", "_open", "_started", "lost", "_lost_pending", "labels")
 
-    def __init__(self, recorder: Recorder, session_id: str):
+    def __init__(self, recorder: Recorder, session_id: str, labels: tuple[str, str] = ("", "")):
         self._rec = recorder
         self.session_id = session_id
+        # (protocol, target), for the metrics
+        self.labels = labels
         self._open = False  # started and not ended
         self._started = False
         self.lost = 0  # events of this session that were refused
@@ -136,6 +139,8 @@ class SessionRecorder:
                 return False
             self._open = False
             rec._active.discard(self.session_id)
+            if rec.metrics is not None:
+                rec.metrics.session_closed(*self.labels, end.bytes_in, end.bytes_out)
             queued = rec._running and rec._failure is None
             if queued:
                 if self._lost_pending:
@@ -202,6 +207,10 @@ class Recorder:
         self._running = False
         self._failure: str | None = None
         self._active: set[str] = set()
+        # sessions open/total and bytes proxied (gateway/metrics.py); set by the server
+        self.metrics: Any = None
+        # the shared store's copy of the sessions index (gateway/store.py), called by the writer thread
+        self.mirror: Callable[[Sequence[SessionRow]], None] | None = None
         # counters: refused_* are written by the loop side only, the rest by the writer only
         self._refused_full = 0
         self._refused_down = 0
@@ -262,7 +271,7 @@ class Recorder:
         """Queue a session's start. The returned handle is not ``writable`` when the start could not
         be queued (the caller refuses the session unless ``on_record_failure = "continue"``)."""
         check_session_id(start.session_id)
-        session = SessionRecorder(self, start.session_id)
+        session = SessionRecorder(self, start.session_id, (start.protocol, start.target))
         with self._lock:
             if start.session_id in self._active:
                 raise ValueError(f"session {start.session_id} is being recorded already")
@@ -271,6 +280,8 @@ class Recorder:
                 self._queue.append((session, start))
                 session._open = session._started = True
                 self._active.add(start.session_id)
+                if self.metrics is not None:
+                    self.metrics.session_opened(start.protocol, start.target)
             else:
                 session._refused()
         if queued:
@@ -396,6 +407,8 @@ class Recorder:
     def _flush_index(self, now: float) -> None:
         if self._index_dirty:
             self._index.upsert_sessions(self._index_dirty.values())  # type: ignore[union-attr]
+            if self.mirror is not None:
+                self.mirror(list(self._index_dirty.values()))
             self._index_dirty.clear()
         self._index_due = now + INDEX_EVERY
 

@@ -29,18 +29,22 @@ from gateway.config import Config, Target, parse_duration
 from gateway.identity import AuthError, Authenticator, Identity, groups_match
 from gateway.secrets import target_credential
 from policy.engine import PolicyEngine
-from policy.model import review_refusal
+from policy.model import Decision, review_refusal
 from protocols.http import codec
 from protocols.http.bodymask import BodyTooDeep, media_type
 from protocols.http.codec import END, BodyChunk, HttpError, InterimHead, RequestHead, ResponseHead
 from protocols.http.jsonrpc import RpcError, decode_payload, encode, error_message
 from protocols.http.paths import BadPath, normalize_path, route, split_target
+from protocols.http.mcp import Hold
 from protocols.http.session import HttpSession
+from recorder.capture import approval_decided, approval_requested
 from protocols.http.sse import SseSplitter
 from protocols.http.upstream import READ_SIZE, Upstream, UpstreamConn, UpstreamError
 
 if TYPE_CHECKING:
     from recorder.writer import Recorder
+    from gateway.broker import Broker
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("wiregate.http")
 
@@ -68,11 +72,37 @@ class _Close(Exception):
 class HttpListener:
     def __init__(self, cfg: Config, authenticator: Authenticator, policy: PolicyEngine,
                  recorder: Recorder | None = None):
-        self.cfg = cfg
         self.authenticator = authenticator
-        self.policy = policy
         self.recorder = recorder
-        self.targets: dict[str, Target] = {t.name: t for t in cfg.targets if t.protocol == "http"}
+        # review decisions wait here (gateway/broker.py); None: they are refused
+        self.broker: Broker | None = None
+        self.admin_url: str | None = None
+        self.metrics: Metrics | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.Task] = set()
+        # (target, Mcp-Session-Id) -> the session that id belongs to
+        self.mcp_sessions: dict[tuple[str, str], HttpSession] = {}
+        self._reaper: asyncio.Task | None = None
+        self.upstreams: dict[str, Upstream] = {}
+        self.targets: dict[str, Target] = {}
+        # the connection each client task runs, and whether SIGTERM asked them to finish
+        self._connections: dict[asyncio.Task, _ClientConnection] = {}
+        self.draining = False
+        self.reload(cfg, policy)
+
+    def reload(self, cfg: Config, policy: PolicyEngine) -> None:
+        """New targets, limits and rules for the requests to come; open connections stay. The
+        targets' credentials are read again (a missing one is an error, and nothing changes)."""
+        targets: dict[str, Target] = {t.name: t for t in cfg.targets if t.protocol == "http"}
+        credentials: dict[str, tuple[bytes, bytes]] = {}
+        for name, t in targets.items():
+            secret = target_credential(t)
+            if secret is not None:
+                credentials[name] = (t.credential_header.encode("latin-1"), secret.reveal().encode("utf-8"))
+        self.cfg = cfg
+        self.policy = policy
+        previous, self.targets = self.targets, targets
+        self.credentials = credentials
         limits = cfg.http
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
@@ -83,21 +113,17 @@ class HttpListener:
         self.upstream_timeout = parse_duration(limits.upstream_timeout)
         self.max_connections = limits.max_connections
         self.refuse_unrecorded = cfg.recording.on_record_failure == "refuse"
-        self.upstreams = {
-            name: Upstream(name, t.url or "", connect_timeout=parse_duration(limits.connect_timeout),
-                           tls_ca_file=t.tls_ca_file)
-            for name, t in self.targets.items()}
-        # the targets' own credentials, read once at start (a missing one is a start-up error)
-        self.credentials: dict[str, tuple[bytes, bytes]] = {}
-        for name, t in self.targets.items():
-            secret = target_credential(t)
-            if secret is not None:
-                self.credentials[name] = (t.credential_header.encode("latin-1"), secret.reveal().encode("utf-8"))
-        self.server: asyncio.base_events.Server | None = None
-        self._clients: set[asyncio.Task] = set()
-        # (target, Mcp-Session-Id) -> the session that id belongs to
-        self.mcp_sessions: dict[tuple[str, str], HttpSession] = {}
-        self._reaper: asyncio.Task | None = None
+        old, self.upstreams = self.upstreams, {}
+        for name, t in targets.items():
+            kept, was = old.pop(name, None), previous.get(name)
+            if kept is not None and was is not None and (was.url, was.tls_ca_file) == (t.url, t.tls_ca_file):
+                self.upstreams[name] = kept  # keep its pooled connections
+                continue
+            upstream = self.upstreams[name] = Upstream(name, t.url or "", tls_ca_file=t.tls_ca_file,
+                                                       connect_timeout=parse_duration(limits.connect_timeout))
+            upstream.on_connect_error = lambda name=name: self._connect_failed(name)
+        for upstream in old.values():
+            upstream.close()
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE)
@@ -106,6 +132,30 @@ class HttpListener:
     @property
     def sockets(self) -> list:
         return list(self.server.sockets) if self.server is not None else []
+
+    def _connect_failed(self, target: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error("http", target)
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._clients)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; let requests in flight finish for up to ``grace`` seconds (an idle
+        keep-alive connection is closed at its next request boundary), then close the rest."""
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        for task in list(self._clients):
+            connection = self._connections.get(task)
+            if connection is not None and connection.idle:
+                task.cancel()
+        while self._clients and loop.time() < deadline:
+            await asyncio.wait(set(self._clients), timeout=min(0.2, max(0.0, deadline - loop.time())))
+        await self.close()
 
     async def close(self) -> None:
         if self.server is not None:
@@ -142,10 +192,12 @@ class HttpListener:
             writer.close()
             return
         self._clients.add(task)
+        connection = self._connections[task] = _ClientConnection(self, reader, writer)
         try:
-            await _ClientConnection(self, reader, writer).run()
+            await connection.run()
         finally:
             self._clients.discard(task)
+            del self._connections[task]
 
 
 class _ClientConnection:
@@ -176,13 +228,17 @@ class _ClientConnection:
         self._streamed_in = 0
         # the last Authorization value seen on this connection and whom it proved
         self._last_auth: tuple[bytes, Identity] | None = None
+        # between requests, with nothing of the next one read yet (a drain may close it now)
+        self.idle = False
 
     # -- the connection's life ------------------------------------------------------------
     async def run(self) -> None:
         reason = "connection closed"
         try:
-            while True:
+            while not self.l.draining:
+                self.idle = not self.events and self._early is None
                 head = await self._next_head()
+                self.idle = False
                 if head is None:
                     break
                 self.responding = False
@@ -355,14 +411,15 @@ class _ClientConnection:
                 return session if session.identity.name == identity.name else None
             session = HttpSession(engine=l.policy, recorder=l.recorder, identity=identity, target=target,
                                   client=self.client, tls=False, mcp_session_id=key[1],
-                                  refuse_unrecorded=l.refuse_unrecorded)
+                                  refuse_unrecorded=l.refuse_unrecorded, holds=l.broker is not None)
             l.mcp_sessions[key] = session
             return session
         key = (identity.name, target.name)
         session = self.sessions.get(key)
         if session is None:
             session = HttpSession(engine=l.policy, recorder=l.recorder, identity=identity, target=target,
-                                  client=self.client, tls=False, refuse_unrecorded=l.refuse_unrecorded)
+                                  client=self.client, tls=False, refuse_unrecorded=l.refuse_unrecorded,
+                                  holds=l.broker is not None)
             self.sessions[key] = session
         return session
 
@@ -374,6 +431,9 @@ class _ClientConnection:
         if not session.record_request(f"{head.method} {shown}", decision) and decision.allowed:
             return await self._refuse(503, "unrecordable", "wiregate: the request cannot be recorded, so it is "
                                       "not sent", head=head, session=session, started=started, shown=shown)
+        if decision.action == "review" and l.broker is not None:
+            decision = await self._await_approval(session, "http", f"{head.method} {target_path}",
+                                                  f"{head.method} {shown}", decision.rule)
         if not decision.allowed:
             message = decision.message if decision.action == "deny" else review_refusal(decision, "the request")
             return await self._refuse(403, "forbidden", message, head=head, rule=decision.rule, session=session,
@@ -406,6 +466,14 @@ class _ClientConnection:
                 return await self._refuse(400, "bad_request", "wiregate: the JSON-RPC payload is nested too deeply "
                                           "to be checked", head=head, session=session, started=started, shown=shown,
                                           body_done=True)
+            if isinstance(refusal, Hold):
+                not_approved = []
+                for index, name, args, decision in refusal.calls:
+                    recorded = f"{name} {encode(session.masker.mask_value(args)).decode()}"
+                    decision = await self._await_approval(session, "tool", name, recorded, decision.rule, args)
+                    if not decision.allowed:
+                        not_approved.append((index, decision))
+                refusal = session.mcp.settle(refusal, not_approved)
             if refusal is not None:
                 payload = encode(refusal.body)
                 await self._send(200, [(b"Content-Type", _JSON)], payload, head)
@@ -435,6 +503,45 @@ class _ClientConnection:
         if target.mcp and head.method == "DELETE" and 200 <= status < 300:
             self._end_mcp(target, head, "the caller ended the MCP session")
         return head.keep_alive and self._keep
+
+    async def _await_approval(self, session: HttpSession, kind: str, text: str, recorded: str, rule: str | None,
+                              args: dict[str, Any] | None = None) -> Decision:
+        """The request (or tool call) waits for an approval (gateway/broker.py). A caller that
+        closes its connection meanwhile withdraws it."""
+        hold = asyncio.ensure_future(self.l.broker.hold(  # type: ignore[union-attr]
+            requester=session.identity.name, groups=session.identity.groups, session_id=session.session_id,
+            protocol="http", target=session.target.name, kind=kind, text=text, recorded=recorded, rule=rule or "",
+            args=args, announce=lambda record: session.record(approval_requested(record))))
+        watch: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if watch is None and not self.events and self._early is None:
+                    watch = asyncio.ensure_future(self.reader.read(READ_SIZE))
+                await asyncio.wait({hold} if watch is None else {hold, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if hold.done():
+                    break
+                data = b"" if watch.exception() is not None else watch.result()  # type: ignore[union-attr]
+                if not data:
+                    hold.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await hold
+                    raise _Close()
+                self._early, watch = data, None  # the rest of the request, or the next one: parsed later
+        finally:
+            if watch is not None and not watch.done():
+                watch.cancel()
+            if not hold.done():
+                hold.cancel()
+        try:
+            verdict = hold.result()
+        except Exception as e:  # the store failed: refused, never sent unapproved
+            log.error("http: approval for rule %s failed: %s", rule, e)
+            return Decision(action="deny", rule=rule, message=f'wiregate: blocked by rule "{rule}": this needs an '
+                            "approval and the gateway could not request one; see its log")
+        session.record(approval_decided(verdict))
+        if verdict.approved:
+            return Decision(action="allow", rule=rule)
+        return Decision(action="deny", rule=rule, message=verdict.message)
 
     def _continue(self, head: RequestHead) -> None:
         if head.expect_continue and not self._body_ready():

@@ -36,7 +36,7 @@ from policy.model import UNRECORDABLE, Decision, review_refusal
 from protocols.http.bodymask import BodyMasker
 from protocols.http.jsonrpc import REFUSED, Message, error_message, id_text
 
-__all__ = ["McpExchange", "Refusal", "Recorded"]
+__all__ = ["McpExchange", "Refusal", "Hold", "Recorded"]
 
 # answers that describe the server rather than carry data: not masked
 _LISTINGS = frozenset({"initialize", "tools/list", "prompts/list", "resources/list", "resources/templates/list",
@@ -67,34 +67,66 @@ class Refusal:
         self.decision = decision
 
 
+class Hold:
+    """A payload with tool calls a review rule sent for approval: ``calls`` are (index, tool
+    name, arguments, decision). The glue waits for each, then calls ``McpExchange.settle``."""
+
+    __slots__ = ("messages", "batch", "calls")
+
+    def __init__(self, messages: list[Message], batch: bool, calls: list[tuple[int, str, dict[str, Any], Decision]]):
+        self.messages = messages
+        self.batch = batch
+        self.calls = calls
+
+
 class McpExchange:
     """The JSON-RPC side of one MCP session (see the module docstring)."""
 
-    __slots__ = ("policy", "masker", "record", "decided", "_pending", "_asked")
+    __slots__ = ("policy", "masker", "record", "decided", "holds", "_pending", "_asked")
 
-    def __init__(self, policy: SessionPolicy, masker: BodyMasker, record: Recorded, decided: Decided):
+    def __init__(self, policy: SessionPolicy, masker: BodyMasker, record: Recorded, decided: Decided,
+                 *, holds: bool = False):
         self.policy = policy
         self.masker = masker
         self.record = record
         self.decided = decided
+        # review decisions wait for an approval (a broker runs); otherwise they are refused
+        self.holds = holds
         # request id (JSON text) -> (the methods of the requests sent with it, answers still to come)
         self._pending: dict[str, tuple[frozenset[str], int]] = {}
         # the same for the target's own requests (sampling, elicitation) that the caller answers
         self._asked: dict[str, tuple[frozenset[str], int]] = {}
 
     # -- what the caller sends ------------------------------------------------------------
-    def from_caller(self, messages: list[Message], batch: bool) -> Refusal | None:
+    def from_caller(self, messages: list[Message], batch: bool) -> Refusal | Hold | None:
         """Decide a payload; None means forward it as it came."""
         refused: list[tuple[int, Decision]] = []
+        held: list[tuple[int, str, dict[str, Any], Decision]] = []
         for i, msg in enumerate(messages):
             answered = _answered(self._asked, id_text(msg.id)) if msg.kind == "response" else None
             self.record("in", msg.method or _shown(answered), _id(msg), self.masker.mask_value(msg.obj))
             if msg.kind != "response" and msg.method == "tools/call":
                 decision = self._check_call(msg)
-                if not decision.allowed:
+                if decision.action == "review":
+                    params = msg.obj["params"]
+                    held.append((i, params["name"], params.get("arguments") or {}, decision))
+                elif not decision.allowed:
                     refused.append((i, decision))
         if refused:
             return self._refuse(messages, refused, batch)
+        if held:
+            return Hold(messages, batch, held)
+        self._forwarding(messages)
+        return None
+
+    def settle(self, hold: Hold, refused: list[tuple[int, Decision]]) -> Refusal | None:
+        """After the approvals of a held payload: ``refused`` are the calls not approved."""
+        if refused:
+            return self._refuse(hold.messages, refused, hold.batch)
+        self._forwarding(hold.messages)
+        return None
+
+    def _forwarding(self, messages: list[Message]) -> None:
         for msg in messages:
             if msg.kind == "request":
                 _remember(self._pending, id_text(msg.id), msg.method or "")
@@ -111,7 +143,7 @@ class McpExchange:
             self.decided(str(name), {}, decision)
             return decision
         decision = self.policy.check_tool_call(name, args or {})
-        if decision.action == "review":
+        if decision.action == "review" and not self.holds:
             decision = Decision(action="deny", rule=decision.rule, message=review_refusal(decision, "the call"),
                                 kinds=decision.kinds)
         if not self.decided(name, self.masker.mask_value(args or {}), decision) and decision.allowed:

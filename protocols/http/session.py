@@ -31,7 +31,8 @@ class HttpSession:
                  "bytes_in", "bytes_out", "last_used", "active", "mcp_session_id", "ended", "refuse_unrecorded")
 
     def __init__(self, *, engine: PolicyEngine, recorder: Recorder | None, identity: Identity, target: Target,
-                 client: str, tls: bool, mcp_session_id: str = "", refuse_unrecorded: bool = True):
+                 client: str, tls: bool, mcp_session_id: str = "", refuse_unrecorded: bool = True,
+                 holds: bool = False):
         self.identity = identity
         # on_record_failure = "refuse": an allowed command whose record cannot be queued is refused
         self.refuse_unrecorded = refuse_unrecorded
@@ -39,7 +40,8 @@ class HttpSession:
         self.policy = engine.session(protocol="http", target=target.name, identity=identity.name,
                                      groups=identity.groups, sql_arguments=target.sql_arguments if target.mcp else ())
         self.masker = BodyMasker(self.policy.masks)
-        self.mcp = McpExchange(self.policy, self.masker, self._record_rpc, self._record_tool) if target.mcp else None
+        self.mcp = McpExchange(self.policy, self.masker, self._record_rpc, self._record_tool,
+                               holds=holds) if target.mcp else None
         self.mcp_session_id = mcp_session_id
         self.session_id = new_session_id()
         self.commands = 0

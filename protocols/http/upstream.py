@@ -10,6 +10,7 @@ a new connection by the caller (``Upstream.fresh``), if its body can be sent aga
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import ssl
 import time
 from collections import deque
@@ -73,6 +74,8 @@ class Upstream:
         if self.secure:
             self.ssl = ssl.create_default_context(cafile=tls_ca_file)
         self._idle: deque[UpstreamConn] = deque()
+        # told of every failed connection attempt (the metrics' upstream connect errors)
+        self.on_connect_error: Callable[[], None] | None = None
 
     async def get(self) -> UpstreamConn:
         now = time.monotonic()
@@ -85,6 +88,14 @@ class Upstream:
         return await self.fresh()
 
     async def fresh(self) -> UpstreamConn:
+        try:
+            return await self._connect()
+        except UpstreamError:
+            if self.on_connect_error is not None:
+                self.on_connect_error()
+            raise
+
+    async def _connect(self) -> UpstreamConn:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_SIZE,

@@ -33,6 +33,15 @@ MAX_PENDING_REFUSALS = 256
 Check = Callable[[int, bytes], "bytes | None"]
 
 
+class _Hold(bytes):
+    """What a check returns for a statement that waits for an approval (compared by identity)."""
+
+
+# the check's answer for a message that must wait: the stream stops before it and keeps it,
+# with everything after it, until ``FrontendStream.resume`` checks it again
+HOLD = _Hold()
+
+
 def _emit(data: bytes, start: int, stop: int, out: list[bytes] | None) -> bytes:
     """What a feed forwards: the pieces in ``out``, then ``data[start:stop]``.
 
@@ -128,7 +137,7 @@ class FrontendStream:
     """Client → upstream."""
 
     __slots__ = ("_check", "_refusals", "_held", "_remaining", "_dropping", "_skip_to_sync", "_inspect",
-                 "_refused_names", "_tracker", "on_bind")
+                 "_refused_names", "_tracker", "on_bind", "paused")
 
     def __init__(self, check: Check, refusals: Refusals, tracker: Tracker | None = None) -> None:
         self._check = check
@@ -142,6 +151,8 @@ class FrontendStream:
         self._tracker = tracker
         # told the statement name of every Bind of a named statement (the recorder notes executions)
         self.on_bind: Callable[[bytes], None] | None = None
+        # a statement waits for an approval: nothing more is forwarded until resume()
+        self.paused = False
         # per message type: whether the relay looks into it
         self._inspect = bytearray(256)
         for t in (Q_QUERY, P_PARSE, F_FUNCTION_CALL):
@@ -150,7 +161,21 @@ class FrontendStream:
             for t in (B_BIND, D_DESCRIBE, E_EXECUTE, C_CLOSE, S_SYNC):
                 self._inspect[t] = 1
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether what was forwarded so far ends with a whole message (a refused message whose
+        rest is being dropped was replaced whole)."""
+        return self._remaining == 0 or self._dropping
+
+    def resume(self) -> bytes:
+        """After a HOLD: check the held message again (the check now knows its fate) and go on."""
+        self.paused = False
+        return self.feed(b"")
+
     def feed(self, data: bytes) -> bytes:
+        if self.paused:
+            self._held += data
+            return b""
         if self._held:
             data = self._held + data
             self._held = b""
@@ -209,6 +234,10 @@ class FrontendStream:
                         self._held = data[pos:]
                         break
                     replacement = self._message(t, data, pos + 5, end)
+                    if replacement is HOLD:
+                        self._held = data[pos:]
+                        self.paused = True
+                        break
                 if replacement is not None:
                     if out is None:
                         out = []
@@ -279,6 +308,8 @@ class FrontendStream:
                 tracker.queue.append([X_CLOSE])
             return None
         error = self._check(t, data[body:end])
+        if error is HOLD:
+            return error
         if t == P_PARSE:
             name, sql_end = codec.split_cstr(data, body)
             if error is not None:
@@ -346,6 +377,12 @@ class BackendStream:
     per message costs more than the loop body on this path."""
 
     __slots__ = ("_refusals", "_held", "_remaining", "status", "parameters", "on_parameter")
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether what was forwarded so far ends with a whole message (a held partial
+        message has not been forwarded yet), so the gateway may write one of its own."""
+        return not self._remaining
 
     def __init__(self, refusals: Refusals, parameters: dict[str, str] | None = None) -> None:
         self._refusals = refusals

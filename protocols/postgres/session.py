@@ -24,13 +24,14 @@ from gateway.identity import AuthError, groups_match
 from protocols.postgres import codec
 from protocols.postgres.codec import F_FUNCTION_CALL, I32, P_PARSE, Q_QUERY, ProtocolViolation
 from protocols.postgres.catalog import CATALOG_QUERY, CatalogError, CatalogReader, CatalogSnapshot
-from protocols.postgres.relay import BackendStream, FrontendStream, MaskingBackendStream, Refusals, Tracker
+from protocols.postgres.relay import HOLD, BackendStream, FrontendStream, MaskingBackendStream, Refusals, Tracker
 from protocols.postgres.resultmask import ResultMasking
 from protocols.postgres.summary import ResultSummary
 from recorder import events as rec
-from recorder.capture import new_session_id, recorded_text
+from recorder.capture import approval_decided, approval_requested, new_session_id, recorded_text
 from recorder.writer import SessionRecorder
 from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
+from gateway.broker import held_message
 from policy.model import Command, review_refusal
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ class _Side(asyncio.Protocol):
                 self.session.hold(out)
             else:
                 self.peer.transport.write(out)  # type: ignore[union-attr]
+        if self.session.notices and self is not self.session.client and relay.at_boundary:
+            self.session.flush_notices()
 
     def eof_received(self) -> bool:
         self.inbox.feed_eof()
@@ -215,6 +218,13 @@ class PostgresSession:
         self.held: list[bytes] | None = None
         # named statements' texts as recorded at Parse, for the executions of them
         self._statement_texts: dict[bytes, str] = {}
+        # a statement held for an approval (gateway/broker.py): the wait, then its outcome for the
+        # relay's second look at the message (None: forward it; bytes: the client's error)
+        self._approval: asyncio.Task[None] | None = None
+        self._released: tuple[bytes | None] | None = None
+        # the gateway's own messages for the client, waiting for the upstream's stream to reach
+        # a message boundary
+        self.notices: list[bytes] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,16 +241,21 @@ class PostgresSession:
             self._end_reason = "the target closed the connection"
         self.close()
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        """``reason`` replaces why the recording says the session ended."""
         if self._closed:
             return
         self._closed = True
+        if reason is not None:
+            self._end_reason = reason
         if self.recording is not None:
             self.recording.end(rec.SessionEnd(
                 time=time.time(), reason=self._end_reason, commands=self._commands,
                 bytes_in=self.client.bytes_in, bytes_out=self.upstream.bytes_in if self.upstream is not None else 0))
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._approval is not None and not self._approval.done():
+            self._approval.cancel()  # withdraws the request
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -418,6 +433,8 @@ class PostgresSession:
                 await self._upstream_startup(target, up, password, client_params)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             log.warning("target %s at %s: %s", target.name, target.address, e)
+            if self.listener.metrics is not None:
+                self.listener.metrics.upstream_error("postgres", target.name)
             raise _Refused("08001", f'wiregate: cannot reach target "{target.name}": {type(e).__name__}') from None
 
     async def _upstream_startup(self, target: "Target", up: _Side, password: str | None,
@@ -626,6 +643,11 @@ class PostgresSession:
                 return
         if held and self.upstream is not None:
             self.upstream.write(b"".join(held))
+        self._resume_client()
+
+    def _resume_client(self) -> None:
+        if self.held is not None or (self.client.relay is not None and self.client.relay.paused):
+            return  # still waiting for the recording or for an approval
         if self.client.transport is not None and not self.client.transport.is_closing():
             self.client.transport.resume_reading()
 
@@ -652,13 +674,76 @@ class PostgresSession:
             self._scs_on = value == "on"
 
     def _check(self, msg_type: int, body: bytes) -> bytes | None:
-        """The policy check for a statement-carrying message: None to forward it, else the client's error."""
+        """The policy check for a statement-carrying message: None to forward it, HOLD to wait
+        for an approval, else the client's error."""
+        released = self._released
+        if released is not None:  # the held message, once more: its approval has ended
+            self._released = None
+            if released[0] is not None:
+                return released[0]
+            sql, decision = self._last_decision  # type: ignore[misc]
+            return self._allowed(msg_type, sql, decision)
         error = self._decide(msg_type, body)
         if self.recording is not None:
-            refusal = self._record_command(msg_type, body, error)
+            refusal = self._record_command(msg_type, body, None if error is HOLD else error)
             if refusal is not None:
                 return refusal
+        if error is HOLD:
+            self._hold(msg_type)
         return error
+
+    # ------------------------------------------------------------ approvals
+
+    def _hold(self, msg_type: int) -> None:
+        sql, decision = self._last_decision  # type: ignore[misc]
+        self.client.transport.pause_reading()  # type: ignore[union-attr]
+        self._approval = asyncio.get_running_loop().create_task(self._await_approval(msg_type, sql, decision.rule))
+
+    async def _await_approval(self, msg_type: int, sql: str, rule: str) -> None:
+        broker = self.listener.broker
+        kind = "function_call" if msg_type == F_FUNCTION_CALL else "sql"
+        try:
+            verdict = await broker.hold(
+                requester=self.identity.name, groups=self.identity.groups, session_id=self.session_id or None,
+                protocol="postgres", target=self.target.name, kind=kind, text=sql,
+                recorded=recorded_text(sql, self.policy.masks.scans), rule=rule, announce=self._announce)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store failed: the statement is refused, not run unapproved
+            log.error("session %s: approval for rule %s failed: %s", self.client_addr, rule, e)
+            self._release(codec.error_response("42501", f'wiregate: blocked by rule "{rule}": the statement needs '
+                                               "an approval and the gateway could not request one; see its log"))
+            return
+        if self.recording is not None:
+            self.recording.record(approval_decided(verdict))
+        self._release(None if verdict.approved else codec.error_response("42501", verdict.message))
+
+    def _announce(self, record) -> None:
+        if self.recording is not None:
+            self.recording.record(approval_requested(record))
+        self.tell_client(codec.notice_response(held_message(record, self.listener.admin_url)))
+
+    def _release(self, error: bytes | None) -> None:
+        self._approval = None
+        if self._closed:
+            return
+        self._released = (error,)
+        self.client.relay.paused = False  # type: ignore[union-attr]
+        self.client.data_received(b"")  # the relay checks the held message again, then what followed it
+        self._released = None
+        self._resume_client()
+
+    def tell_client(self, message: bytes) -> None:
+        """Write a message of the gateway's own between two of the upstream's."""
+        up = self.upstream
+        if up is not None and up.relay is not None and not up.relay.at_boundary:
+            self.notices.append(message)
+        else:
+            self.client.write(message)
+
+    def flush_notices(self) -> None:
+        notices, self.notices = self.notices, []
+        self.client.write(b"".join(notices))
 
     def _decide(self, msg_type: int, body: bytes) -> bytes | None:
         policy = self.policy
@@ -694,24 +779,30 @@ class PostgresSession:
             decision = policy.check_sql(sql)
         self._last_decision = (sql, decision)
         if decision.action == "allow":
-            if self.masking is not None and msg_type != F_FUNCTION_CALL:
-                reason = self.masking.refusal(sql)
-                if reason is not None:
-                    return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
-                                                "may not be copied where masking cannot follow them")
-                if self.tracker is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
-                    self.tracker.forget_statements()
-            if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
-                # later sessions read the catalog again; this one places names it does not
-                # hold along its search path (see SessionPolicy.set_catalog), and masking
-                # stops trusting names (see ResultMasking.ddl_seen)
-                self.listener.catalogs.invalidate_target(self.target.name)
-                if self.masking is not None:
-                    self.masking.ddl_seen()
-            return None
+            return self._allowed(msg_type, sql, decision)
         if decision.action == "review":
-            return codec.error_response(decision.sqlstate or "42501", review_refusal(decision, "the statement"))
+            if self.listener.broker is None:
+                return codec.error_response(decision.sqlstate or "42501", review_refusal(decision, "the statement"))
+            return HOLD
         return codec.error_response(decision.sqlstate, decision.message)
+
+    def _allowed(self, msg_type: int, sql: str, decision) -> bytes | None:
+        """What an allowed (or approved) statement still goes through."""
+        if self.masking is not None and msg_type != F_FUNCTION_CALL:
+            reason = self.masking.refusal(sql)
+            if reason is not None:
+                return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
+                                            "may not be copied where masking cannot follow them")
+            if self.tracker is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
+                self.tracker.forget_statements()
+        if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):
+            # later sessions read the catalog again; this one places names it does not
+            # hold along its search path (see SessionPolicy.set_catalog), and masking
+            # stops trusting names (see ResultMasking.ddl_seen)
+            self.listener.catalogs.invalidate_target(self.target.name)
+            if self.masking is not None:
+                self.masking.ddl_seen()
+        return None
 
 
 def _is_loopback(peer: object) -> bool:

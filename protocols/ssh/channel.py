@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.constants import EXTENDED_DATA_STDERR
 
+from gateway.broker import held_message
 from gateway.errors import raised_at
 from policy.model import UNRECORDABLE, Command, Decision, review_refusal
 from protocols.ssh import transfer
@@ -42,7 +43,7 @@ from protocols.ssh.terminal import Enter, LineTracker
 from protocols.ssh.transfer import ScpDone, ScpError, ScpStream
 from protocols.ssh.upstream import UpstreamError
 from recorder import events as rec
-from recorder.capture import new_session_id, recorded_text
+from recorder.capture import approval_decided, approval_requested, new_session_id, recorded_text
 
 if TYPE_CHECKING:
     from protocols.ssh.server import SshConnection
@@ -98,6 +99,8 @@ class SessionChannel(asyncssh.SSHServerSession):
         self.exit_status: int | None = None
         self.exit_signal: tuple | None = None
         self.closed = False
+        # an exec command waiting for its approval
+        self._approval: asyncio.Future | None = None
         self.end_reason = "client closed the channel"
         scans = owner.policy.masks.scans if owner.policy is not None else ()
         self.scans = scans
@@ -244,6 +247,8 @@ class SessionChannel(asyncssh.SSHServerSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._approval is not None:
+            self._approval.cancel()  # withdraws the request
         for timer in self._flush_timers.values():
             timer.cancel()
         if self.sftp is not None:
@@ -403,15 +408,44 @@ class SessionChannel(asyncssh.SSHServerSession):
 
     # ---- policy ---------------------------------------------------------------------------
 
-    def _decide(self, kind: str, text: str) -> Decision:
+    def _decide(self, kind: str, text: str, *, hold: bool = False) -> Decision:
+        """``hold``: a review decision is returned as such, for the caller to wait for an
+        approval; otherwise it is refused (approvals hold exec commands only)."""
         owner = self.owner
         decision = owner.policy.check(Command(protocol="ssh", target=owner.target.name, kind=kind, text=text))
-        if decision.action == "review":
+        if decision.action == "review" and not (hold and owner.listener.broker is not None):
             decision = Decision(action="review", rule=decision.rule, message=review_refusal(decision, "the command"))
         if decision.allowed and self.recording is not None and not self.recording.writable \
                 and owner.listener.on_record_failure == "refuse":
             return UNRECORDABLE
         return decision
+
+    async def _await_approval(self, command: str, decision: Decision) -> Decision:
+        """Hold an exec command for an approval (gateway/broker.py): a line on stderr names the
+        request; the command runs once approved. Closing the channel withdraws the request."""
+        owner = self.owner
+        self._approval = asyncio.ensure_future(owner.listener.broker.hold(
+            requester=owner.identity.name, groups=owner.identity.groups, session_id=self.session_id,
+            protocol="ssh", target=owner.target.name, kind="exec", text=command,
+            recorded=recorded_text(command, self.scans), rule=decision.rule, announce=self._announce))
+        try:
+            verdict = await self._approval
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store failed: refused, never run unapproved
+            log.error("ssh: approval for rule %s failed: %s", decision.rule, e)
+            return Decision(action="deny", rule=decision.rule, message=f'wiregate: blocked by rule "{decision.rule}": '
+                            "the command needs an approval and the gateway could not request one; see its log")
+        finally:
+            self._approval = None
+        self._record(approval_decided(verdict))
+        if verdict.approved:
+            return Decision(action="allow", rule=decision.rule)
+        return Decision(action="deny", rule=decision.rule, message=verdict.message)
+
+    def _announce(self, record: Any) -> None:
+        self._record(approval_requested(record))
+        self._tell(f"{held_message(record, self.owner.listener.admin_url)}\n".encode(), stderr=True)
 
     def _decide_file(self, op: str, path: str, path2: str | None) -> Decision:
         for text in file_commands(op, path, path2):
@@ -429,7 +463,12 @@ class SessionChannel(asyncssh.SSHServerSession):
                                 "masked (file contents are binary to the gateway)")
 
     async def _decide_exec(self, command: str) -> bool:
-        decision = self._decide("exec", command)
+        decision = self._decide("exec", command, hold=True)
+        held = decision.action == "review"
+        if held:
+            decision = self._recorded_or_refused("exec", command, decision)
+            if decision.action == "review":
+                decision = await self._await_approval(command, decision)
         self.transfer = transfer.classify(command)
         if decision.allowed and self.transfer is None and transfer.looks_like_transfer(command) and \
                 (self.scans or any(r.file is not None for r in self.owner.policy.rules)):
@@ -455,7 +494,8 @@ class SessionChannel(asyncssh.SSHServerSession):
                 base = _resolve(self.transfer.paths[0], home)
                 self.scp = ScpRelay(ScpStream(base if upload else posixpath.dirname(base)), upload=upload,
                                     decide=self._scp_decide, done=self._scp_done)
-        decision = self._recorded_or_refused("exec", command, decision)
+        if not held:
+            decision = self._recorded_or_refused("exec", command, decision)
         if decision.allowed and self.recording is not None and self.recording.sync_required:
             if not await self.recording.synced() and self.owner.listener.on_record_failure == "refuse":
                 decision = UNRECORDABLE

@@ -9,6 +9,11 @@ Limits that keep a bad client from hurting others (``[ssh]`` in the config): ``l
 to authenticate, ``MAX_AUTH_FAILURES`` failed attempts, ``max_unauthenticated`` connections
 still authenticating at once, ``max_channels`` open channels per connection; a protocol error
 (garbage after the banner) closes only that connection.
+
+Lifecycle: ``SshListener.reload`` (SIGHUP) swaps targets, keys and the policy engine for new
+connections, open ones stay; ``drain`` (SIGTERM) stops accepting, lets open connections finish
+for a grace period, then tells each open session channel why on stderr and disconnects
+(SSH_DISCONNECT_BY_APPLICATION).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
+from asyncssh.constants import DISC_BY_APPLICATION, OPEN_ADMINISTRATIVELY_PROHIBITED
 
 from gateway.config import parse_duration
 from gateway.errors import raised_at
@@ -33,6 +38,8 @@ from protocols.ssh.forward import Tunnel
 from protocols.ssh.upstream import UpstreamError, connect_upstream
 
 if TYPE_CHECKING:
+    from gateway.broker import Broker
+    from gateway.metrics import Metrics
     from gateway.config import Config, Target
     from gateway.identity import Authenticator
     from policy.engine import PolicyEngine, SessionPolicy
@@ -45,6 +52,14 @@ MAX_AUTH_FAILURES = 6
 # a failed token costs the caller this long, so guessing is slow
 FAILED_TOKEN_DELAY = 0.5
 SERVER_VERSION = "wiregate"
+SHUTDOWN_MESSAGE = "wiregate: the gateway is shutting down"
+SHUTDOWN_REASON = "the gateway shut down"
+# between telling the channels and disconnecting: a client that reads the disconnect in the same
+# batch as the message may exit before it writes the message out (OpenSSH's does)
+NOTICE_DELAY = 0.2
+# after the disconnects, how long drain() waits for the connections to report their end (their
+# recordings end there)
+CLOSE_WAIT = 2.0
 
 
 def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
@@ -70,15 +85,21 @@ class SshListener:
         self.keys = KeyIndex(cfg)
         self.host_key = load_or_create_host_key(state_dir)
         self.recorder = recorder
+        # set by the server: review decisions on exec commands wait in the broker (None: they are
+        # refused), the admin API's address named in the held line, and the metrics
+        self.broker: Broker | None = None
+        self.admin_url: str | None = None
+        self.metrics: Metrics | None = None
         self.on_record_failure = cfg.recording.on_record_failure
         self.login_timeout = parse_duration(cfg.ssh.login_timeout)
         self.max_channels = cfg.ssh.max_channels
         self.max_unauthenticated = cfg.ssh.max_unauthenticated
-        # the caller's agent is only ever exposed to the gateway when some rule may allow it
-        self.agent_forwarding = any(r.forward is not None and r.forward.matches("agent") for r in policy.rules)
+        self.agent_forwarding = _agent_forwarding(policy)
         self.connections: set[SshConnection] = set()
         self.unauthenticated = 0
         self._server: asyncssh.SSHAcceptor | None = None
+        # set by connection_closed when the last connection ends, while drain() waits for that
+        self._idle: asyncio.Event | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncssh.create_server(
@@ -92,6 +113,38 @@ class SshListener:
     def sockets(self) -> list:
         return list(self._server.sockets) if self._server is not None else []
 
+    @property
+    def open_sessions(self) -> int:
+        """Client connections, those still authenticating included."""
+        return len(self.connections)
+
+    def connection_closed(self, conn: "SshConnection") -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._idle is not None:
+            self._idle.set()
+
+    def reload(self, cfg: "Config", policy: "PolicyEngine", authenticator: "Authenticator | None" = None) -> None:
+        """New targets, keys, limits and rules for new connections; open connections keep their
+        target and upstream connection (their policy follows the new engine through
+        ``PolicyEngine.replace_with``, which the server calls). A connection still
+        authenticating looks its target up again when it completes: a target no longer
+        configured refuses it. ``authenticator``: a new one when the identity settings changed."""
+        self.targets = {t.name: t for t in cfg.targets if t.protocol == "ssh"}
+        self.keys = KeyIndex(cfg)
+        self.policy = policy
+        if authenticator is not None:
+            self.authenticator = authenticator
+        self.on_record_failure = cfg.recording.on_record_failure
+        self.max_channels = cfg.ssh.max_channels
+        self.max_unauthenticated = cfg.ssh.max_unauthenticated
+        login_timeout = parse_duration(cfg.ssh.login_timeout)
+        agent_forwarding = _agent_forwarding(policy)
+        if self._server is not None and (login_timeout, agent_forwarding) != (self.login_timeout,
+                                                                             self.agent_forwarding):
+            # options of connections accepted from now on
+            self._server.update(login_timeout=login_timeout, agent_forwarding=agent_forwarding)
+        self.login_timeout, self.agent_forwarding = login_timeout, agent_forwarding
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -99,6 +152,37 @@ class SshListener:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting at once, wait up to ``grace`` seconds for open connections to end,
+        then close the rest: each open session channel is told why on stderr, and the
+        connection is disconnected (SSH_DISCONNECT_BY_APPLICATION)."""
+        if self._server is not None:
+            self._server.close()
+        if self.connections:
+            log.info("ssh: not accepting connections; waiting up to %gs for %d open connections", grace,
+                     len(self.connections))
+            await self._wait_idle(grace)
+        if self.connections:
+            log.info("ssh: closing %d connections still open after the grace period", len(self.connections))
+            left = list(self.connections)
+            if sum(conn.tell_shutdown() for conn in left):  # every channel told before any disconnect
+                await asyncio.sleep(NOTICE_DELAY)
+            for conn in left:
+                conn.disconnect_shutdown()
+            await self._wait_idle(CLOSE_WAIT)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _wait_idle(self, timeout: float) -> None:
+        self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._idle = None
 
 
 class SshConnection(asyncssh.SSHServer):
@@ -140,7 +224,7 @@ class SshConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._uncount()
-        self.listener.connections.discard(self)
+        self.listener.connection_closed(self)
         if exc is not None and not self._authenticated:
             log.info("ssh: %s disconnected before authenticating: %s", self.client_addr, exc)
         for task in list(self._tasks):
@@ -154,6 +238,27 @@ class SshConnection(asyncssh.SSHServer):
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+    def tell_shutdown(self) -> int:
+        """The gateway is stopping: say so on the stderr of each open session channel (with a
+        PTY on the terminal, as the channel's own messages). Returns how many were told."""
+        told = 0
+        for channel in list(self.channels):
+            if isinstance(channel, SessionChannel) and channel.chan is not None and not channel.closed:
+                channel.end_reason = SHUTDOWN_REASON
+                try:
+                    if channel.term is not None:
+                        channel.chan.write(f"\r\n{SHUTDOWN_MESSAGE}\r\n".encode())
+                    else:
+                        channel.chan.write_stderr(f"{SHUTDOWN_MESSAGE}\n".encode())
+                    told += 1
+                except (OSError, asyncssh.Error):
+                    pass  # the channel is closing already
+        return told
+
+    def disconnect_shutdown(self) -> None:
+        if self.conn is not None:
+            self.conn.disconnect(DISC_BY_APPLICATION, SHUTDOWN_MESSAGE)
 
     def _uncount(self) -> None:
         if self._counted:
@@ -269,6 +374,12 @@ class SshConnection(asyncssh.SSHServer):
         if identity is None:
             certificate = bool(self.conn.get_key_option("cert-authority"))
             identity = self.listener.keys.matched(self.conn.get_key_option(IDENTITY_OPTION), certificate=certificate)
+        # the configuration may have been reloaded since begin_auth: the target as it is now
+        self.target = self.listener.targets.get(self._target_name)
+        if self.target is None:
+            log.info("ssh: %s: target %r is no longer configured; closing", self.client_addr, self._target_name)
+            self.close()
+            return
         if identity is None or not self._eligible(identity):
             log.error("ssh: %s: authentication completed without an eligible identity; closing", self.client_addr)
             self.close()
@@ -291,7 +402,13 @@ class SshConnection(asyncssh.SSHServer):
             self._upstream = asyncio.get_running_loop().create_task(
                 connect_upstream(self.target, agent_path=agent_path))
             self._upstream.add_done_callback(_quiet)
+            self._upstream.add_done_callback(self._connected)
         return await asyncio.shield(self._upstream)
+
+    def _connected(self, task: asyncio.Task) -> None:
+        metrics = self.listener.metrics
+        if metrics is not None and not task.cancelled() and task.exception() is not None:
+            metrics.upstream_error("ssh", self.target.name)
 
     async def home(self) -> str:
         """The target user's home directory, where relative file paths start (learnt once per
@@ -379,6 +496,11 @@ class SshConnection(asyncssh.SSHServer):
         if record:
             Tunnel(self, what).record_decision(decision, end=True)
         return decision
+
+
+def _agent_forwarding(policy: "PolicyEngine") -> bool:
+    """The caller's agent is only ever exposed to the gateway when some rule may allow it."""
+    return any(r.forward is not None and r.forward.matches("agent") for r in policy.rules)
 
 
 def _quiet(task: asyncio.Task) -> None:

@@ -19,7 +19,8 @@ class GatewayProcess:
     def __init__(self, workdir: Path, *, targets: list[dict], rules: list[dict] | None = None,
                  users: list[dict] | None = None, env: dict[str, str] | None = None,
                  policy_default: str = "allow", identity: dict | None = None, extra: dict | None = None,
-                 ssh: bool = False, http: bool = False, postgres: bool = True) -> None:
+                 ssh: bool = False, http: bool = False, postgres: bool = True, admin: bool = False,
+                 store: str | None = None, gateway: dict | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -33,6 +34,11 @@ class GatewayProcess:
             listen["ssh"] = f"{self.host}:{self.ssh_port}"
         if http:
             listen["http"] = f"{self.host}:{self.http_port}"
+        # listen.admin too (the admin API), on its own port
+        self.admin_port = free_port() if admin else None
+        if admin:
+            listen["admin"] = f"{self.host}:{self.admin_port}"
+        section = {"state_dir": "state", **({"store": store} if store else {}), **(gateway or {})}
         workdir.mkdir(parents=True, exist_ok=True)
         ident = {"dev_tokens": True}
         ident.update(identity or {})
@@ -41,7 +47,7 @@ class GatewayProcess:
             arrays["identity.users"] = users
         self.config_path = workdir / "wiregate.toml"
         self.config_path.write_text(render_config(
-            {"gateway": {"state_dir": "state"}, "listen": listen,
+            {"gateway": section, "listen": listen,
              "identity": ident, "policy": {"default": policy_default},
              **{k: v for k, v in (extra or {}).items() if not isinstance(v, list)}},
             {**arrays, **{k: v for k, v in (extra or {}).items() if isinstance(v, list)}}))
@@ -59,7 +65,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                for port in (self.port if self.serves_postgres else None, self.ssh_port, self.http_port):
+                for port in (self.port if self.serves_postgres else None, self.ssh_port, self.http_port,
+                             self.admin_port):
                     if port is not None:
                         socket.create_connection((self.host, port), timeout=0.5).close()
                 return self
@@ -83,6 +90,14 @@ class GatewayProcess:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -38,7 +38,7 @@ RULES = [
     {"name": "no-rm", "targets": ["tools*"], "action": "deny",
      "match": {"tool": ["run_command"], "args": {"command": ["rm *", "re:shutdown"]}}},
     {"name": "no-destructive-sql", "action": "deny", "match": {"sql": ["DROP", "TRUNCATE"]}},
-    {"name": "review-ddl", "action": "review", "match": {"sql": ["ALTER"]}, "approvers": ["dba"]},
+    {"name": "review-ddl", "action": "review", "match": {"sql": ["ALTER"]}, "approvers": ["dba"], "timeout": "1s"},
     {"name": "mask-pii", "action": "mask", "targets": ["api", "tools*"], "detectors": ["email", "credit_card", "aws_key"],
      "keys": ["api_token", "ssn"]},
 ]
