@@ -124,7 +124,7 @@ def run_approvals_benchmark(*, short: bool, say: Callable[[str], None], base_dir
     try:
         say("approvals: starting PostgreSQL (target and shared store) and two gateways")
         password = secrets.token_urlsafe(12)
-        pg = ThrowawayPostgres(auth="scram-sha-256", ssl=False, base_dir=workdir).start()
+        pg = ThrowawayPostgres(auth="scram-sha-256", ssl=False, base_dir=base_dir).start()
         pg.create_role(ROLE, password)
         pg.create_database("app", owner=ROLE)
         pg.create_database("wgstore", owner=ROLE)

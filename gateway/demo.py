@@ -28,6 +28,9 @@ from gateway.pgserver import log_tail
 DEMO_TARGET = "demo"
 DEMO_USER = "demo"
 DEMO_GROUP = "dev"
+# the demo's approver, who also reads the admin API
+DEMO_APPROVER = "lead"
+DEMO_ADMIN_GROUP = "leads"
 DEMO_PASSWORD_ENV = "WIREGATE_DEMO_DB_PASSWORD"
 DEMO_CUSTOMERS = 200
 DEMO_TOKEN_TTL = 8 * 3600
@@ -176,8 +179,11 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
 # --------------------------------------------------------------------------- demo
 
 
-def demo_config(*, state_dir: Path, port: int, pg_port: int, ssh: "DemoSsh | None" = None) -> str:
+def demo_config(*, state_dir: Path, port: int, pg_port: int, ssh: "DemoSsh | None" = None,
+                admin_port: int | None = None) -> str:
     listen = {"postgres": f"127.0.0.1:{port}"}
+    if admin_port is not None:
+        listen["admin"] = f"127.0.0.1:{admin_port}"
     ssh_targets: list[dict[str, Any]] = []
     ssh_rules: list[dict[str, Any]] = []
     users: list[dict[str, Any]] = []
@@ -197,7 +203,7 @@ def demo_config(*, state_dir: Path, port: int, pg_port: int, ssh: "DemoSsh | Non
         {
             "gateway": {"state_dir": str(state_dir)},
             "listen": listen,
-            "identity": {"dev_tokens": True},
+            "identity": {"dev_tokens": True, "admin_groups": [DEMO_ADMIN_GROUP]},
         },
         {
             **({"identity.users": users} if users else {}),
@@ -215,6 +221,12 @@ def demo_config(*, state_dir: Path, port: int, pg_port: int, ssh: "DemoSsh | Non
                 "name": "no-destructive-sql",
                 "match": {"sql": DESTRUCTIVE_SQL},
                 "action": "deny",
+            }, {
+                "name": "review-schema-changes",
+                "match": {"sql": ["ALTER", "CREATE"]},
+                "action": "review",
+                "approvers": [DEMO_ADMIN_GROUP],
+                "timeout": "10m",
             }, {
                 "name": "mask-ids",
                 "action": "mask",
@@ -295,13 +307,16 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
         ssh, ssh_note = _start_ssh(tmp, port)
 
         config_path = tmp / "wiregate.toml"
-        config_path.write_text(demo_config(state_dir=tmp / "state", port=port, pg_port=pg.port, ssh=ssh))
+        admin_port = _free_port()
+        config_path.write_text(demo_config(state_dir=tmp / "state", port=port, pg_port=pg.port, ssh=ssh,
+                                           admin_port=admin_port))
 
         from gateway.config import load_config
         from gateway.identity import issue_dev_token
 
         cfg = load_config(config_path)
         token = issue_dev_token(cfg, sub=DEMO_USER, groups=[DEMO_GROUP], ttl_seconds=DEMO_TOKEN_TTL)
+        approver = issue_dev_token(cfg, sub=DEMO_APPROVER, groups=[DEMO_ADMIN_GROUP], ttl_seconds=DEMO_TOKEN_TTL)
 
         print("wiregate demo: starting the gateway ...", file=sys.stderr, flush=True)
         log_path = tmp / "gateway.log"
@@ -313,8 +328,10 @@ def run_demo(keep: bool = False, port: int = 15432) -> int:
             ssh.pin_gateway(tmp / "state")
 
         url = f"postgresql://{DEMO_USER}:{quote(token, safe='')}@127.0.0.1:{port}/{DEMO_TARGET}?sslmode=require"
+        wait_listening(gw, "127.0.0.1", admin_port, log_path, timeout=15)
+        approve = f"WIREGATE_URL=http://127.0.0.1:{admin_port} WIREGATE_TOKEN={approver} wiregate approvals"
         print(_banner(pg=pg, port=port, tmp=tmp, config_path=config_path, log_path=log_path, url=url, keep=keep,
-                      ssh=ssh, ssh_note=ssh_note), flush=True)
+                      ssh=ssh, ssh_note=ssh_note, approve=approve), flush=True)
 
         time.sleep(0.3)  # let the gateway log our readiness probe before echoing its log
         echo = _LogEcho(log_path, "gateway | ")
@@ -391,7 +408,7 @@ Then try:
 
 
 def _banner(*, pg: Any, port: int, tmp: Path, config_path: Path, log_path: Path, url: str, keep: bool,
-            ssh: DemoSsh | None = None, ssh_note: str = "") -> str:
+            ssh: DemoSsh | None = None, ssh_note: str = "", approve: str = "") -> str:
     version = pg.bindir.parent.name if pg.bindir is not None else "?"
     ends = f"{tmp} is kept" if keep else f"{tmp} is removed"
     return f"""
@@ -411,6 +428,12 @@ Then try:
   SELECT * FROM customers LIMIT 5;            -- ssn and card masked, emails and phones redacted
   SELECT upper(ssn), note FROM customers;      -- masked through expressions, and inside free text
   DROP TABLE customers;                        -- blocked by rule "no-destructive-sql"
+  CREATE TABLE notes (id int, body text);      -- held for approval by rule "review-schema-changes"
+
+and approve (or deny) it as "{DEMO_APPROVER}", the demo's approver, from another terminal:
+
+  {approve} list
+  {approve} approve <ID>
 {_ssh_banner(ssh, ssh_note)}
 Every session is recorded; after you disconnect, in another terminal:
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.config import DEV_TOKEN_ISSUER, Config, OIDCProvider, format_duration, parse_duration
 from gateway.errors import WiregateError
-from gateway.keys import ed25519_key_id
+from gateway.keys import ed25519_from_pem, ed25519_key_id
 
 if TYPE_CHECKING:
     from gateway.store import Store
@@ -123,13 +123,7 @@ def _dev_key_pem(cfg: Config) -> bytes:
 
 
 def _dev_signing_key(pem: bytes) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise WiregateError(f"the store's dev token key is not an unencrypted PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise WiregateError(f"the store's dev token key is not an Ed25519 private key ({type(key).__name__})")
-    return key
+    return ed25519_from_pem(pem, "the store's dev token key")
 
 
 def issue_dev_token(cfg: Config, sub: str, groups: list[str], ttl_seconds: int) -> str:

@@ -106,10 +106,15 @@ def _load_ed25519(path: Path) -> Ed25519PrivateKey:
         data = path.read_bytes()
     except OSError as e:
         raise WiregateError(f"{path}: cannot read key: {e.strerror or e}") from None
+    return ed25519_from_pem(data, str(path))
+
+
+def ed25519_from_pem(data: bytes, where: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM; ``where`` names its source in the error."""
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise WiregateError(f"{path}: not an unencrypted PEM private key ({e})") from None
+        raise WiregateError(f"{where}: not an unencrypted PEM private key ({e})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise WiregateError(f"{path}: expected an Ed25519 private key, found {type(key).__name__}")
+        raise WiregateError(f"{where}: expected an Ed25519 private key, found {type(key).__name__}")
     return key

@@ -783,16 +783,25 @@ class PostgresSession:
         if decision.action == "review":
             if self.listener.broker is None:
                 return codec.error_response(decision.sqlstate or "42501", review_refusal(decision, "the statement"))
-            return HOLD
+            # what masking would refuse once approved is refused now, not put to an approver
+            return self._mask_refusal(msg_type, sql) or HOLD
         return codec.error_response(decision.sqlstate, decision.message)
+
+    def _mask_refusal(self, msg_type: int, sql: str) -> bytes | None:
+        if self.masking is None or msg_type == F_FUNCTION_CALL:
+            return None
+        reason = self.masking.refusal(sql)
+        if reason is None:
+            return None
+        return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
+                                    "may not be copied where masking cannot follow them")
 
     def _allowed(self, msg_type: int, sql: str, decision) -> bytes | None:
         """What an allowed (or approved) statement still goes through."""
+        refused = self._mask_refusal(msg_type, sql)
+        if refused is not None:
+            return refused
         if self.masking is not None and msg_type != F_FUNCTION_CALL:
-            reason = self.masking.refusal(sql)
-            if reason is not None:
-                return codec.error_response("42501", f"wiregate: blocked by mask rules: {reason}; masked values "
-                                            "may not be copied where masking cannot follow them")
             if self.tracker is not None and not _NAMES_QUERIES.isdisjoint(decision.kinds):
                 self.tracker.forget_statements()
         if self.catalog is not None and not _DDL.isdisjoint(decision.kinds):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from tests.e2e.conftest import PW_ENV, pg_target
 from tests.e2e.gateway_process import GatewayProcess
-from tests.e2e.http_services import UpstreamProcess
+from tests.e2e.http_services import McpServerProcess, UpstreamProcess, mcp_client
 from tests.e2e.ssh_gateway import Caller
 
 RULES = [
@@ -32,6 +33,8 @@ RULES = [
      "approvers": ["dba"], "timeout": "30s"},
     {"name": "review-deploys", "targets": ["api"], "match": {"http": {"method": ["POST"], "path": ["/echo/deploy*"]}},
      "action": "review", "approvers": ["dba"], "timeout": "30s"},
+    {"name": "review-commands", "targets": ["tools"], "match": {"tool": ["run_command"]}, "action": "review",
+     "approvers": ["dba"], "timeout": "30s"},
 ]
 
 
@@ -74,13 +77,20 @@ def upstream(tmp_path_factory) -> Iterator[UpstreamProcess]:
 
 
 @pytest.fixture(scope="module")
-def g(pg, sshd, upstream, hooks, tmp_path_factory) -> Iterator[GatewayProcess]:
+def mcp_server(tmp_path_factory) -> Iterator[McpServerProcess]:
+    with McpServerProcess(tmp_path_factory.mktemp("mcp")).start() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def g(pg, sshd, upstream, mcp_server, hooks, tmp_path_factory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("approvals")
     caller = Caller(workdir, "alice")
     targets = [pg_target("appdb", pg, allow_groups=["dev", "dba"]),
                {"name": "web", "protocol": "ssh", "address": f"127.0.0.1:{sshd.port}", "user": "root",
                 "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts), "allow_groups": ["dev"]},
-               {"name": "api", "protocol": "http", "url": upstream.url, "allow_groups": ["dev"]}]
+               {"name": "api", "protocol": "http", "url": upstream.url, "allow_groups": ["dev"]},
+               {"name": "tools", "protocol": "http", "url": mcp_server.url, "mcp": True, "allow_groups": ["dev"]}]
     rules = [dict(r) for r in RULES]
     rules[0]["webhook"] = hooks.url  # a rule's own webhook, next to the global one
     gw = GatewayProcess(workdir / "gw", targets=targets, rules=rules, ssh=True, http=True, admin=True,
@@ -231,8 +241,11 @@ def test_a_requester_who_disconnects_withdraws_the_request(g, pg, tokens) -> Non
     held = Held(g.dsn("dave", tokens["dave"], "appdb"), "ALTER TABLE items ADD COLUMN gone_1 int")
     held.start()
     request = pending(g, tokens["bob"], requester="dave")
-    # kill the client's socket under it, as a crashed client would
-    os.close(held.conn.pgconn.socket)
+    # cut the client's connection under it, as a crashed client's would be (shutdown on a
+    # duplicate: the descriptor psycopg holds stays its own)
+    cut = socket.socket(fileno=os.dup(held.conn.pgconn.socket))
+    cut.shutdown(socket.SHUT_RDWR)
+    cut.close()
     deadline = time.monotonic() + 10
     status = "pending"
     while time.monotonic() < deadline and status == "pending":
@@ -386,3 +399,38 @@ def test_http_request_waits_for_approval(g, tokens) -> None:
     thread.join(15)
     assert result["response"].status_code == 403
     assert request["id"] in result["response"].json()["message"]
+
+
+def test_mcp_tool_call_waits_for_approval(g, tokens, mcp_server) -> None:
+    import asyncio
+
+    try:
+        from mcp.shared.exceptions import MCPError as McpError
+    except ImportError:  # older SDKs
+        from mcp.shared.exceptions import McpError
+
+    async def call(command: str) -> str:
+        async with mcp_client(f"{g.http_url}/tools/mcp", {"Authorization": f"Bearer {tokens['alice']}"}) as session:
+            try:
+                result = await session.call_tool("run_command", {"command": command})
+            except McpError as e:
+                return f"ERROR {e}"
+            return result.content[0].text
+
+    def decide(action: str) -> None:
+        request = pending(g, tokens["bob"], requester="alice", timeout=20)
+        assert request["protocol"] == "http" and request["kind"] == "tool"
+        assert request["command"].startswith("run_command ")
+        api(g, tokens["bob"], "POST", f"/api/approvals/{request['id']}/{action}")
+
+    before = len(mcp_server.calls())
+    approver = threading.Thread(target=decide, args=("approve",))
+    approver.start()
+    assert asyncio.run(call("uptime")) == "ran: uptime\nexit status 0"
+    approver.join(10)
+    approver = threading.Thread(target=decide, args=("deny",))
+    approver.start()
+    answer = asyncio.run(call("reboot"))
+    approver.join(10)
+    assert answer.startswith("ERROR") and 'blocked by rule "review-commands"' in answer and "denied by bob" in answer
+    assert [c["arguments"]["command"] for c in mcp_server.calls()[before:] if c["tool"] == "run_command"] == ["uptime"]

@@ -157,7 +157,7 @@ def test_demo_config_is_valid(tmp_path):
     assert cfg.identity.dev_tokens
     [target] = cfg.targets
     assert (target.name, target.password_env, target.allow_groups) == ("demo", DEMO_PASSWORD_ENV, ["dev"])
-    assert [r.action for r in cfg.rules] == ["deny", "mask", "mask"] and cfg.policy.default == "allow"
+    assert [r.action for r in cfg.rules] == ["deny", "review", "mask", "mask"] and cfg.policy.default == "allow"
     from policy.engine import PolicyEngine
     assert PolicyEngine(cfg).session(protocol="postgres", target="demo", identity="demo", groups=["dev"]).masks
 
@@ -193,6 +193,28 @@ def test_demo_end_to_end(tmp_path):
         blocked = subprocess.run(["psql", url, "-XAtc", "DROP TABLE customers"], capture_output=True, text=True,
                                  timeout=30)
         assert blocked.returncode != 0 and 'blocked by rule "no-destructive-sql"' in blocked.stderr
+        # the approval flow as the banner prints it: a held CREATE, approved with the printed command
+        approvals = re.search(r"^  (WIREGATE_URL=\S+ WIREGATE_TOKEN=\S+) wiregate approvals list$", out.read_text(), re.M)
+        assert approvals, out.read_text()
+        env = dict(os.environ)
+        env.update(dict(pair.split("=", 1) for pair in approvals.group(1).split()))
+        held = subprocess.Popen(["psql", url, "-XAtc", "CREATE TABLE notes (id int, body text)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        request_id = None
+        deadline = time.monotonic() + 20
+        while request_id is None and time.monotonic() < deadline:
+            listed = subprocess.run([sys.executable, "-m", "gateway", "approvals", "list", "--json"], env=env,
+                                    capture_output=True, text=True, timeout=30)
+            assert listed.returncode == 0, listed.stderr
+            found = re.search(r'"id":\s*"(ap-[0-9a-f]+)"', listed.stdout)
+            request_id = found.group(1) if found else None
+            time.sleep(0.1)
+        assert request_id, "the held CREATE did not show up in `wiregate approvals list`"
+        approved = subprocess.run([sys.executable, "-m", "gateway", "approvals", "approve", request_id], env=env,
+                                  capture_output=True, text=True, timeout=30)
+        assert approved.returncode == 0, approved.stderr
+        held_out, held_err = held.communicate(timeout=30)
+        assert held.returncode == 0 and request_id in held_err, (held_out, held_err)
         # the SSH target: the banner's ssh command works as printed
         ssh_cmd = re.search(r"^  (ssh -p \d+ .*demo-ssh@127\.0\.0\.1)$", out.read_text(), re.M)
         assert ssh_cmd, out.read_text()
