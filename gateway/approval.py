@@ -66,7 +66,8 @@ def fingerprint(kind: str, text: str, args: dict[str, Any] | None = None) -> str
     SQL is its token stream (PostgreSQL's own scanner, libpg_query through pglast) with every
     literal constant replaced, comments dropped and keywords and unquoted names case-folded:
     approving ``UPDATE t SET a = 1 WHERE id = 5`` for 30 minutes also passes ``update t set
-    a = 2 where id = 6``, never another statement. (libpg_query's fingerprint is coarser: it
+    a = 2 where id = 6``, never another statement (a minus sign is an operator token: ``id = -1``
+    is another shape than ``id = 1``, which errs on the side of asking again). (libpg_query's fingerprint is coarser: it
     gives ``ALTER COLUMN c SET DEFAULT 1`` and ``... DROP DEFAULT`` the same value.) Anything
     else, and SQL the scanner refuses, is its exact text (and tool arguments).
     """
@@ -80,16 +81,18 @@ def fingerprint(kind: str, text: str, args: dict[str, Any] | None = None) -> str
 
 _CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _sql_shape(sql: str) -> str | None:
+    if "\0" in sql:  # the scanner stops at a NUL: what follows would not count
+        return None
     try:
         from pglast.parser import scan
 
         tokens = scan(sql)
     except Exception:  # the scanner refuses it: the exact text stands for it
         return None
-    data = sql.encode("utf-8")
     parts: list[str] = []
     for token in tokens:
         if token.name in _COMMENTS:
@@ -99,8 +102,10 @@ def _sql_shape(sql: str) -> str | None:
         elif token.kind != "NO_KEYWORD":
             parts.append(token.name)
         else:
-            raw = data[token.start:token.end + 1].decode("utf-8", "replace")
-            parts.append(raw.lower() if token.name == "IDENT" and not raw.startswith(('"', "U&")) else raw)
+            raw = sql[token.start:token.end + 1]  # positions count characters
+            # PostgreSQL folds unquoted names to lower case in ASCII only (É and é are two names)
+            parts.append(raw.translate(_ASCII_LOWER) if token.name == "IDENT" and not raw.startswith(('"', "U&", "u&"))
+                         else raw)
     while parts and parts[-1] == ";":
         parts.pop()
     return "\x1f".join(parts)

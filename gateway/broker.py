@@ -62,6 +62,8 @@ class Broker:
         # request id -> the future its held command waits on (this instance's holds only)
         self._waiting: dict[str, asyncio.Future[ApprovalRecord]] = {}
         self._tasks: set[asyncio.Task] = set()
+        # request id -> its last webhook delivery, which the next one waits for
+        self._notifying: dict[str, asyncio.Task] = {}
 
     def reload(self, cfg: "Config") -> None:
         """The review rules of a new config; requests already held keep the approvers they were made with."""
@@ -230,14 +232,26 @@ class Broker:
     # ------------------------------------------------------------ background work
 
     def _notify(self, event: str, record: ApprovalRecord) -> None:
-        if self.notifier is not None:
-            rule = self._rules.get(record.rule)
-            self._spawn(self.notifier.send(event, record, rule.webhook if rule is not None else None))
+        """Webhooks of one request go out in order (a quick decision must not overtake its request)."""
+        if self.notifier is None:
+            return
+        rule = self._rules.get(record.rule)
+        before = self._notifying.get(record.id)
+        task = self._spawn(self._send(before, event, record, rule.webhook if rule is not None else None))
+        self._notifying[record.id] = task
+        task.add_done_callback(lambda t, key=record.id: self._notifying.pop(key, None)
+                               if self._notifying.get(key) is t else None)
 
-    def _spawn(self, coro) -> None:
+    async def _send(self, before: asyncio.Task | None, event: str, record: ApprovalRecord, url: str | None) -> None:
+        if before is not None:
+            await asyncio.wait({before})
+        await self.notifier.send(event, record, url)  # type: ignore[union-attr]
+
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def refusal(record: ApprovalRecord) -> str:

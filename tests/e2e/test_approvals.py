@@ -342,6 +342,20 @@ def test_admin_api_refuses_missing_and_non_admin_tokens(g, tokens) -> None:
         assert name in metrics, name
     assert 'wiregate_commands_total{protocol="postgres",decision="review"}' in metrics
 
+    def value(sample: str) -> float:
+        lines = [line for line in metrics.splitlines() if line.startswith(sample + " ")]
+        assert lines, f"{sample} missing from:\n{metrics}"
+        return float(lines[0].split()[-1])
+
+    # earlier tests in this module ran sessions and approvals through this gateway
+    assert value('wiregate_sessions_total{protocol="postgres",target="appdb"}') >= 5
+    assert value('wiregate_bytes_proxied_total{protocol="postgres",target="appdb",direction="in"}') > 0
+    assert value('wiregate_bytes_proxied_total{protocol="postgres",target="appdb",direction="out"}') > 0
+    assert value('wiregate_commands_total{protocol="postgres",decision="approved"}') >= 1
+    assert value('wiregate_commands_total{protocol="postgres",decision="denied"}') >= 1
+    assert value('wiregate_approval_wait_seconds_count{outcome="approved"}') >= 1
+    assert value("wiregate_recorder_queue_depth") >= 0
+
 
 def test_ssh_exec_waits_for_approval(g, tokens) -> None:
     from tests.e2e.ssh_gateway import SshGateway  # noqa: F401 (the options it builds are reused below)

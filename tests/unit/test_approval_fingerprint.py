@@ -53,6 +53,7 @@ def test_sql_fingerprint_says_shape() -> None:
     ("SELECT 1", "SELECT 1; SELECT 2"),                     # only trailing semicolons go
     ("SELECT $1", "SELECT $2"),                             # parameters are not constants
     ("SELECT a FROM t WHERE a < 1", "SELECT a FROM t WHERE a > 1"),
+    ("SELECT ab FROM t", "SELECT a b FROM t"),              # token boundaries count
 ])
 def test_other_statement_other_fingerprint(a: str, b: str) -> None:
     assert sql(a) != sql(b)
