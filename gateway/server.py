@@ -180,16 +180,25 @@ class Gateway:
                 log.warning("SIGHUP: gateway.%s changed: it takes effect at the next start", key)
         if cfg.listen != self.cfg.listen:
             log.warning("SIGHUP: listen addresses changed: they take effect at the next start")
+        from gateway.notify import admin_url
+
+        reloaded: list = []
         try:
             authenticator = Authenticator(cfg, store=self.store)
             policy = PolicyEngine(cfg, analyzer=self.policy.analyzer, mask_key=self.policy.mask_key,
                                   on_decision=self.metrics.command)
             for listener in self.listeners:
-                listener.authenticator = authenticator
                 listener.reload(cfg, policy)
+                reloaded.append(listener)
         except WiregateError as e:
+            for listener in reloaded:  # all or nothing: back to the running config
+                listener.reload(self.cfg, self.policy)
             log.error("SIGHUP: %s: not reloaded, the running config stays:\n%s", self.config_path, e)
             return
+        url = admin_url(cfg)
+        for listener in self.listeners:
+            listener.authenticator = authenticator
+            listener.admin_url = url
         self.policy.replace_with(policy)
         self.policy, self.authenticator, self.cfg = policy, authenticator, cfg
         self.broker.reload(cfg)

@@ -51,7 +51,9 @@ UNRECORDABLE = Decision(action="deny", message="wiregate: the session cannot be 
 
 
 def review_refusal(decision: Decision, what: str) -> str:
-    """What a caller is told when ``decision`` asks for an approval, which this gateway cannot
-    grant yet: ``what`` ("the statement", "the command") is refused, naming the rule."""
-    return (f'wiregate: blocked by rule "{decision.rule}": {what} needs an approval, '
-            "and approvals are not available on this gateway yet")
+    """What a caller is told when ``decision`` asks for an approval that cannot be waited for
+    here: ``what`` ("the statement", "the command") is refused, naming the rule. Approvals hold
+    SQL statements, SSH exec commands, HTTP requests and MCP tool calls (gateway/broker.py);
+    lines typed at a shell, file transfers and forwards cannot wait for one."""
+    return (f'wiregate: blocked by rule "{decision.rule}": {what} needs an approval, and only SQL '
+            "statements, SSH exec commands, HTTP requests and MCP tool calls can wait for one")

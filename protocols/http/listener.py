@@ -528,10 +528,11 @@ class _ClientConnection:
                     raise _Close()
                 self._early, watch = data, None  # the rest of the request, or the next one: parsed later
         finally:
-            if watch is not None and not watch.done():
-                watch.cancel()
+            await self._end_watch(watch)
             if not hold.done():
                 hold.cancel()
+                with contextlib.suppress(BaseException):
+                    await hold
         try:
             verdict = hold.result()
         except Exception as e:  # the store failed: refused, never sent unapproved
@@ -739,8 +740,7 @@ class _ClientConnection:
                 self._emit(codec.chunk(data) if chunked_out else data)
                 await self._drain()
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            await self._end_watch(watcher)
         if splitter is not None:
             tail = splitter.flush()
             if tail:
@@ -751,6 +751,19 @@ class _ClientConnection:
         await self.writer.drain()
         self._finish_upstream(conn, resp, upstream)
         return sent, resp.status
+
+    async def _end_watch(self, watch: asyncio.Future | None) -> None:
+        """Stop a read that watched for the caller going away: it must be over before the next
+        read starts (a stream allows one reader), and what it got is kept for ``_read``."""
+        if watch is None:
+            return
+        watch.cancel()
+        try:
+            data = await watch
+        except BaseException:  # cancelled; a failed connection shows at the next read
+            return
+        if isinstance(data, bytes):
+            self._early = data
 
     async def _watch_caller(self, conn: UpstreamConn) -> None:
         """While a response streams (an SSE feed may stay quiet for hours), notice a caller that

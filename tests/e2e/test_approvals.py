@@ -448,3 +448,9 @@ def test_mcp_tool_call_waits_for_approval(g, tokens, mcp_server) -> None:
     approver.join(10)
     assert answer.startswith("ERROR") and 'blocked by rule "review-commands"' in answer and "denied by bob" in answer
     assert [c["arguments"]["command"] for c in mcp_server.calls()[before:] if c["tool"] == "run_command"] == ["uptime"]
+
+
+def test_the_gateway_logged_no_internal_error(g) -> None:
+    """Held and released requests leave every connection in order (run last in this module)."""
+    log = g.log()
+    assert "internal error" not in log and "Traceback" not in log, log[-3000:]
