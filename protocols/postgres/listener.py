@@ -52,6 +52,8 @@ class PostgresListener:
         self.server_ssl = server_ssl
         self.targets: dict[str, Target] = {t.name: t for t in cfg.targets if t.protocol == "postgres"}
         self.cancel_map: dict[tuple[int, bytes], tuple[Target, tuple[int, bytes]]] = {}
+        # the session each cancel key belongs to: a cancel request withdraws a held statement
+        self.cancel_sessions: dict[tuple[int, bytes], PostgresSession] = {}
         self.salted_cache = SaltedPasswordCache()
         self.catalogs = CatalogCache()
         self.lineage = SharedLineage()
@@ -125,6 +127,9 @@ class PostgresListener:
     async def forward_cancel(self, pid: int, key: bytes) -> None:
         """Send the upstream's own cancel key for the session the client's key names.
         Unknown keys are ignored silently, as PostgreSQL does."""
+        session = self.cancel_sessions.get((pid, key))
+        if session is not None and session.cancel_hold():
+            return  # the statement was waiting for an approval, not running on the target
         entry = self.cancel_map.get((pid, key))
         if entry is None:
             log.info("cancel request with an unknown key ignored")

@@ -222,6 +222,7 @@ class PostgresSession:
         # relay's second look at the message (None: forward it; bytes: the client's error)
         self._approval: asyncio.Task[None] | None = None
         self._released: tuple[bytes | None] | None = None
+        self._cancelled = False
         # the gateway's own messages for the client, waiting for the upstream's stream to reach
         # a message boundary
         self.notices: list[bytes] = []
@@ -261,6 +262,7 @@ class PostgresSession:
             self.upstream.close()
         if self.cancel_key is not None:
             self.listener.cancel_map.pop(self.cancel_key, None)
+            self.listener.cancel_sessions.pop(self.cancel_key, None)
         self.listener.session_closed(self)
 
     def protocol_violation(self, side: _Side, text: str) -> None:
@@ -537,6 +539,7 @@ class PostgresSession:
             key = secrets.token_bytes(4)
             self.cancel_key = (upstream_key[0], key)
             self.listener.cancel_map[self.cancel_key] = (self.target, upstream_key)
+            self.listener.cancel_sessions[self.cancel_key] = self
             out.append(codec.backend_key_data(upstream_key[0], key))
         out.append(codec.ready_for_query(status))
         self._on_parameter("client_encoding", server_params.get("client_encoding", "UTF8"))
@@ -708,7 +711,13 @@ class PostgresSession:
                 protocol="postgres", target=self.target.name, kind=kind, text=sql,
                 recorded=recorded_text(sql, self.policy.masks.scans), rule=rule, announce=self._announce)
         except asyncio.CancelledError:
-            raise
+            if not self._cancelled:
+                raise
+            # the client's cancel request (psql's Ctrl-C): the request is withdrawn, the statement fails
+            self._cancelled = False
+            self._release(codec.error_response("57014", "canceling statement due to user request (its approval "
+                                               "request was withdrawn)"))
+            return
         except Exception as e:  # the store failed: the statement is refused, not run unapproved
             log.error("session %s: approval for rule %s failed: %s", self.client_addr, rule, e)
             self._release(codec.error_response("42501", f'wiregate: blocked by rule "{rule}": the statement needs '
@@ -732,6 +741,15 @@ class PostgresSession:
         self.client.data_received(b"")  # the relay checks the held message again, then what followed it
         self._released = None
         self._resume_client()
+
+    def cancel_hold(self) -> bool:
+        """A cancel request for this session: withdraw a held statement's request. False when
+        nothing is held (the target then gets the cancel request)."""
+        if self._approval is None or self._approval.done():
+            return False
+        self._cancelled = True
+        self._approval.cancel()
+        return True
 
     def tell_client(self, message: bytes) -> None:
         """Write a message of the gateway's own between two of the upstream's."""

@@ -258,6 +258,19 @@ def test_a_requester_who_disconnects_withdraws_the_request(g, pg, tokens) -> Non
     held.join(10)
 
 
+def test_a_cancel_request_withdraws_a_held_statement(g, tokens) -> None:
+    held = Held(g.dsn("dave", tokens["dave"], "appdb"), "ALTER TABLE items ADD COLUMN cancelled_1 int")
+    held.start()
+    request = pending(g, tokens["bob"], requester="dave")
+    held.conn.cancel()  # what psql sends on Ctrl-C
+    held.join(10)
+    assert isinstance(held.error, psycopg.errors.QueryCanceled), held.error
+    assert api(g, tokens["bob"], "GET", f"/api/approvals/{request['id']}").json()["status"] == "withdrawn"
+    with held.conn.cursor() as cur:  # the session goes on
+        assert cur.execute("SELECT 1").fetchone() == (1,)
+    held.conn.close()
+
+
 def test_approve_for_a_window_grants_the_same_statement_shape(g, pg, tokens) -> None:
     dsn = g.dsn("alice", tokens["alice"], "appdb")
     pg.psql("CREATE TABLE IF NOT EXISTS grant_t (id int); ALTER TABLE grant_t OWNER TO app", dbname="app")
