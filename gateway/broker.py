@@ -24,6 +24,8 @@ import msgspec
 
 from gateway.approval import FINAL, ApprovalError, ApprovalRecord, fingerprint, new_approval_id
 from gateway.identity import groups_match, parse_duration
+from policy.model import Decision
+from recorder.capture import approval_decided, approval_requested
 
 if TYPE_CHECKING:
     from gateway.config import Config, Rule
@@ -46,6 +48,12 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     # passed under an `approve --for` window, without a request: the id of the approval that granted it
     grant: str | None = None
     message: str = ""
+
+    def decision(self, rule: str | None) -> Decision:
+        """The policy decision the verdict turns the held command's ``review`` into."""
+        if self.approved:
+            return Decision(action="allow", rule=rule)
+        return Decision(action="deny", rule=rule, message=self.message)
 
 
 class Broker:
@@ -169,6 +177,29 @@ class Broker:
         future = self._waiting.get(approval_id)
         if record is not None and record.status in FINAL and future is not None and not future.done():
             future.set_result(record)
+
+    async def review(self, *, record: Callable[[Any], object] | None = None,
+                     announce: Callable[[ApprovalRecord], None] | None = None, rule: str, **command: Any) -> Verdict:
+        """``hold`` as every protocol uses it: the request and its outcome go to ``record`` (the
+        session's recording), and a store that fails refuses the command, never runs it
+        unapproved. Raises only ``CancelledError`` (which withdraws the request)."""
+        def announced(request: ApprovalRecord) -> None:
+            if record is not None:
+                record(approval_requested(request))
+            if announce is not None:
+                announce(request)
+
+        try:
+            verdict = await self.hold(rule=rule, announce=announced, **command)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("approval for rule %s on %s failed: %s", rule, command.get("target"), e)
+            return Verdict(approved=False, message=f'wiregate: blocked by rule "{rule}": this needs an approval '
+                                                   "and the gateway could not request one; see its log")
+        if record is not None and (verdict.record is not None or verdict.grant is not None):
+            record(approval_decided(verdict))
+        return verdict
 
     # ------------------------------------------------------------ the approver's side
 

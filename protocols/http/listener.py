@@ -37,7 +37,6 @@ from protocols.http.jsonrpc import RpcError, decode_payload, encode, error_messa
 from protocols.http.paths import BadPath, normalize_path, route, split_target
 from protocols.http.mcp import Hold
 from protocols.http.session import HttpSession
-from recorder.capture import approval_decided, approval_requested
 from protocols.http.sse import SseSplitter
 from protocols.http.upstream import READ_SIZE, Upstream, UpstreamConn, UpstreamError
 
@@ -147,14 +146,12 @@ class HttpListener:
         self.draining = True
         if self.server is not None:
             self.server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
         for task in list(self._clients):
             connection = self._connections.get(task)
             if connection is not None and connection.idle:
                 task.cancel()
-        while self._clients and loop.time() < deadline:
-            await asyncio.wait(set(self._clients), timeout=min(0.2, max(0.0, deadline - loop.time())))
+        if self._clients:  # none can join: the server is closed
+            await asyncio.wait(set(self._clients), timeout=max(grace, 0.0))
         await self.close()
 
     async def close(self) -> None:
@@ -508,10 +505,10 @@ class _ClientConnection:
                               args: dict[str, Any] | None = None) -> Decision:
         """The request (or tool call) waits for an approval (gateway/broker.py). A caller that
         closes its connection meanwhile withdraws it."""
-        hold = asyncio.ensure_future(self.l.broker.hold(  # type: ignore[union-attr]
+        hold = asyncio.ensure_future(self.l.broker.review(  # type: ignore[union-attr]
             requester=session.identity.name, groups=session.identity.groups, session_id=session.session_id,
             protocol="http", target=session.target.name, kind=kind, text=text, recorded=recorded, rule=rule or "",
-            args=args, announce=lambda record: session.record(approval_requested(record))))
+            args=args, record=session.record))
         watch: asyncio.Future[bytes] | None = None
         try:
             while True:
@@ -533,16 +530,7 @@ class _ClientConnection:
                 hold.cancel()
                 with contextlib.suppress(BaseException):
                     await hold
-        try:
-            verdict = hold.result()
-        except Exception as e:  # the store failed: refused, never sent unapproved
-            log.error("http: approval for rule %s failed: %s", rule, e)
-            return Decision(action="deny", rule=rule, message=f'wiregate: blocked by rule "{rule}": this needs an '
-                            "approval and the gateway could not request one; see its log")
-        session.record(approval_decided(verdict))
-        if verdict.approved:
-            return Decision(action="allow", rule=rule)
-        return Decision(action="deny", rule=rule, message=verdict.message)
+        return hold.result().decision(rule)
 
     def _continue(self, head: RequestHead) -> None:
         if head.expect_continue and not self._body_ready():

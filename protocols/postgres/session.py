@@ -28,7 +28,7 @@ from protocols.postgres.relay import HOLD, BackendStream, FrontendStream, Maskin
 from protocols.postgres.resultmask import ResultMasking
 from protocols.postgres.summary import ResultSummary
 from recorder import events as rec
-from recorder.capture import approval_decided, approval_requested, new_session_id, recorded_text
+from recorder.capture import new_session_id, recorded_text
 from recorder.writer import SessionRecorder
 from protocols.postgres.upstream_auth import UpstreamAuth, UpstreamAuthError
 from gateway.broker import held_message
@@ -706,10 +706,11 @@ class PostgresSession:
         broker = self.listener.broker
         kind = "function_call" if msg_type == F_FUNCTION_CALL else "sql"
         try:
-            verdict = await broker.hold(
+            verdict = await broker.review(
                 requester=self.identity.name, groups=self.identity.groups, session_id=self.session_id or None,
                 protocol="postgres", target=self.target.name, kind=kind, text=sql,
-                recorded=recorded_text(sql, self.policy.masks.scans), rule=rule, announce=self._announce)
+                recorded=recorded_text(sql, self.policy.masks.scans), rule=rule, announce=self._announce,
+                record=self.recording.record if self.recording is not None else None)
         except asyncio.CancelledError:
             if not self._cancelled:
                 raise
@@ -718,18 +719,9 @@ class PostgresSession:
             self._release(codec.error_response("57014", "canceling statement due to user request (its approval "
                                                "request was withdrawn)"))
             return
-        except Exception as e:  # the store failed: the statement is refused, not run unapproved
-            log.error("session %s: approval for rule %s failed: %s", self.client_addr, rule, e)
-            self._release(codec.error_response("42501", f'wiregate: blocked by rule "{rule}": the statement needs '
-                                               "an approval and the gateway could not request one; see its log"))
-            return
-        if self.recording is not None:
-            self.recording.record(approval_decided(verdict))
         self._release(None if verdict.approved else codec.error_response("42501", verdict.message))
 
     def _announce(self, record) -> None:
-        if self.recording is not None:
-            self.recording.record(approval_requested(record))
         self.tell_client(codec.notice_response(held_message(record, self.listener.admin_url)))
 
     def _release(self, error: bytes | None) -> None:

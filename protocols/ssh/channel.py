@@ -43,7 +43,7 @@ from protocols.ssh.terminal import Enter, LineTracker
 from protocols.ssh.transfer import ScpDone, ScpError, ScpStream
 from protocols.ssh.upstream import UpstreamError
 from recorder import events as rec
-from recorder.capture import approval_decided, approval_requested, new_session_id, recorded_text
+from recorder.capture import new_session_id, recorded_text
 
 if TYPE_CHECKING:
     from protocols.ssh.server import SshConnection
@@ -424,27 +424,18 @@ class SessionChannel(asyncssh.SSHServerSession):
         """Hold an exec command for an approval (gateway/broker.py): a line on stderr names the
         request; the command runs once approved. Closing the channel withdraws the request."""
         owner = self.owner
-        self._approval = asyncio.ensure_future(owner.listener.broker.hold(
+        self._approval = asyncio.ensure_future(owner.listener.broker.review(
             requester=owner.identity.name, groups=owner.identity.groups, session_id=self.session_id,
             protocol="ssh", target=owner.target.name, kind="exec", text=command,
-            recorded=recorded_text(command, self.scans), rule=decision.rule, announce=self._announce))
+            recorded=recorded_text(command, self.scans), rule=decision.rule, announce=self._announce,
+            record=self._record))
         try:
             verdict = await self._approval
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the store failed: refused, never run unapproved
-            log.error("ssh: approval for rule %s failed: %s", decision.rule, e)
-            return Decision(action="deny", rule=decision.rule, message=f'wiregate: blocked by rule "{decision.rule}": '
-                            "the command needs an approval and the gateway could not request one; see its log")
         finally:
             self._approval = None
-        self._record(approval_decided(verdict))
-        if verdict.approved:
-            return Decision(action="allow", rule=decision.rule)
-        return Decision(action="deny", rule=decision.rule, message=verdict.message)
+        return verdict.decision(decision.rule)
 
     def _announce(self, record: Any) -> None:
-        self._record(approval_requested(record))
         self._tell(f"{held_message(record, self.owner.listener.admin_url)}\n".encode(), stderr=True)
 
     def _decide_file(self, op: str, path: str, path2: str | None) -> Decision:

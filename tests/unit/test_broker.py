@@ -27,6 +27,8 @@ from gateway.config import Config, load_config
 from gateway.identity import Identity
 from gateway.notify import Notifier
 from gateway.store import open_store
+from policy.model import Decision
+from recorder.events import ApprovalDecided, ApprovalRequested
 
 T = TypeVar("T")
 
@@ -770,3 +772,64 @@ def test_held_message() -> None:
         "for one of dba, sec-* (wiregate approvals approve ap-0123456789ab)")
     assert held_message(rec, "https://gw.example:8081").endswith(
         "(WIREGATE_URL=https://gw.example:8081 wiregate approvals approve ap-0123456789ab)")
+
+
+# ---------------------------------------------------------------- review: what the protocols call
+
+def test_review_records_the_request_and_its_outcome(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(config(tmp_path)) as broker:
+            events: list[Any] = []
+            announced: list[ApprovalRecord] = []
+            task = asyncio.create_task(broker.review(**HOLD, record=events.append, announce=announced.append))
+            while not announced:
+                await asyncio.sleep(0.01)
+            await broker.deny(announced[0].id, BOB, "no")
+            verdict = await asyncio.wait_for(task, 5)
+            assert verdict.decision("review-deletes") == Decision(action="deny", rule="review-deletes",
+                                                                  message=verdict.message)
+            assert [type(e) for e in events] == [ApprovalRequested, ApprovalDecided]
+            assert events[0].request_id == events[1].request_id == announced[0].id
+            assert events[0].text == HOLD["recorded"]
+            assert (events[1].decision, events[1].by, events[1].reason) == ("denied", "bob", "no")
+    run(go)
+
+
+def test_review_of_a_removed_rule_records_nothing(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(config(tmp_path)) as broker:
+            broker.reload(config(tmp_path, with_ddl=False, name="b.toml"))
+            events: list[Any] = []
+            verdict = await broker.review(**{**HOLD, "rule": "review-ddl"}, record=events.append)
+            assert not verdict.approved and events == []  # not a "granted" event
+            assert verdict.decision("review-ddl").action == "deny"
+    run(go)
+
+
+def test_review_refuses_when_the_store_fails(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(config(tmp_path)) as broker:
+            async def broken(*args: Any, **kwargs: Any) -> None:
+                raise OSError("disk full")
+
+            broker.store.create_approval = broken  # type: ignore[method-assign]
+            events: list[Any] = []
+            verdict = await broker.review(**HOLD, record=events.append)
+            assert not verdict.approved and events == []
+            assert verdict.message == ('wiregate: blocked by rule "review-deletes": this needs an approval and the '
+                                       "gateway could not request one; see its log")
+    run(go)
+
+
+def test_a_granted_review_is_recorded_as_granted(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(config(tmp_path)) as broker:
+            task, held = await start_hold(broker)
+            await broker.approve(held.id, BOB, for_seconds=60)
+            await asyncio.wait_for(task, 5)
+            events: list[Any] = []
+            verdict = await broker.review(**HOLD, record=events.append)
+            assert verdict.approved and verdict.grant == held.id
+            assert verdict.decision("review-deletes") == Decision(action="allow", rule="review-deletes")
+            assert [(type(e), e.request_id, e.decision) for e in events] == [(ApprovalDecided, held.id, "granted")]
+    run(go)
